@@ -1,0 +1,166 @@
+"""Stage download: IMDB reviews from ModelScope or the Stanford aclImdb archive.
+
+Writes data/raw/{train,test}.parquet: text, label (0 negative, 1 positive) and, where the source
+has them, id and rating.
+"""
+
+import re
+import tarfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from zimdb import params
+from zimdb.artifacts import atomic_path, write_table
+from zimdb.errors import PipelineError, run
+
+OUT = Path("data/raw")
+SPLITS = ("train", "test")
+LABELS = {0: 0, 1: 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
+CACHE = Path.home() / ".cache" / "zimdb"
+OFFLINE_HINT = (
+    "to run from a local copy of the Stanford archive: "
+    "`dvc exp run -S download.source=aclimdb -S download.archive=/path/to/aclImdb_v1.tar.gz`"
+)
+# aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt; unsup/ and other files are not reviews
+REVIEW = re.compile(r"(?:^|/)(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
+
+
+def map_labels(labels: pd.Series, origin: str) -> pd.Series:
+    """0/1 or 'pos'/'neg' (as the sources give them) to 0/1; anything else is refused."""
+    keys = labels.map(lambda v: v.lower() if isinstance(v, str) else v)
+    mapped = keys.map(lambda v: LABELS.get(v) if isinstance(v, str | int) else None)
+    if mapped.isna().any():
+        bad = labels[mapped.isna()].iloc[0]
+        raise PipelineError(
+            f"{origin}: unknown label {bad!r}; accepted: 0, 1, 'neg', 'pos', 'negative', 'positive'"
+        )
+    return mapped.astype("int64")
+
+
+def from_modelscope(dataset: str) -> dict[str, pd.DataFrame]:
+    from modelscope.msdatasets import MsDataset  # slow to import, and only this source needs it
+
+    frames = {}
+    for split in SPLITS:
+        try:
+            ds = MsDataset.load(dataset, split=split)
+        except Exception as e:  # network, unknown id, bad local folder: all end the same way
+            raise PipelineError(
+                f"MsDataset.load({dataset!r}, split={split!r}) failed: "
+                f"{type(e).__name__}: {str(e)[:200]}; {OFFLINE_HINT}"
+            ) from None
+        df = ds.to_hf_dataset().to_pandas()
+        missing = {"text", "label"} - set(df.columns)
+        if missing:
+            raise PipelineError(
+                f"{dataset} ({split}): no column {sorted(missing)[0]!r}; found {list(df.columns)}"
+            )
+        frames[split] = df[["text", "label"]]
+    return frames
+
+
+def fetch(url: str) -> Path:
+    """The archive at `url`, downloaded once into ~/.cache/zimdb."""
+    dest = CACHE / Path(url).name
+    if dest.exists():
+        return dest
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, atomic_path(dest) as tmp:
+            total = int(response.headers.get("Content-Length", 0)) or None
+            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except OSError as e:
+        raise PipelineError(f"cannot download {url}: {e}; {OFFLINE_HINT}") from None
+    return dest
+
+
+def archive_reviews(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of every review file in a .tar.gz or an extracted folder."""
+    if path.is_dir():
+        for file in sorted(path.rglob("*.txt")):
+            if REVIEW.search(file.as_posix()):
+                yield file.as_posix(), file.read_bytes()
+        return
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if member.isfile() and REVIEW.search(member.name):
+                    yield member.name, tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise PipelineError(f"{path}: not a readable tar archive ({type(e).__name__}: {e})") from None
+
+
+def from_aclimdb(archive: str) -> dict[str, pd.DataFrame]:
+    path = fetch(archive) if re.match(r"https?://", archive) else Path(archive)
+    if not path.exists():
+        raise PipelineError(f"download.archive: {path} does not exist")
+    rows, undecodable = [], []
+    for name, raw in tqdm(archive_reviews(path), desc=f"reading {path.name}", unit=" reviews"):
+        split, label, review_id, rating = REVIEW.search(name).groups()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("utf-8", errors="replace")
+            undecodable.append(name)
+        if not text.strip():
+            raise PipelineError(f"{path}: review {name} is empty")
+        rows.append((split, int(review_id), int(rating), label, text))
+    if undecodable:
+        print(
+            f"warning: {len(undecodable)} review(s) were not valid UTF-8 and were decoded with "
+            f"replacement characters, e.g. {undecodable[0]}"
+        )
+    df = pd.DataFrame(rows, columns=["split", "id", "rating", "label", "text"])
+    frames = {}
+    for split in SPLITS:
+        part = df[df.split == split].sort_values(["label", "id"], kind="stable")
+        if part.empty:
+            raise PipelineError(f"{path}: no reviews under {split}/pos or {split}/neg")
+        frames[split] = part[["text", "label", "id", "rating"]]
+    return frames
+
+
+def subset(df: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """At most `limit` rows, as balanced across labels as the counts allow, the same every run."""
+    if limit == 0 or len(df) <= limit:
+        return df
+    per_label = df.groupby("label").size().sort_index()
+    take = {label: 0 for label in per_label.index}
+    while sum(take.values()) < limit:  # round-robin so an odd limit or a small class still fits
+        for label in take:
+            if take[label] < per_label[label] and sum(take.values()) < limit:
+                take[label] += 1
+    parts = [df[df.label == label].sample(n=n, random_state=0) for label, n in take.items()]
+    return pd.concat(parts).sort_index()
+
+
+def main() -> None:
+    p = params.load("download")
+    if p.source == "modelscope":
+        frames, origin = from_modelscope(p.dataset), p.dataset
+    else:
+        frames, origin = from_aclimdb(p.archive), p.archive
+    out = {}
+    for split, df in frames.items():  # check both splits before writing either
+        df = df.reset_index(drop=True)
+        df["label"] = map_labels(df["label"], f"{origin} ({split})")
+        df = subset(df, p.limit).reset_index(drop=True)
+        if df.label.nunique() < 2:
+            raise PipelineError(
+                f"{origin} ({split}): only label {df.label.iloc[0]} left after download.limit="
+                f"{p.limit}; both classes are needed"
+            )
+        out[split] = df.assign(text=df["text"].astype(str))
+    for split, df in out.items():
+        write_table(df, OUT / f"{split}.parquet")
+        counts = df.label.value_counts()
+        print(f"{split}: {len(df)} reviews ({counts.get(0, 0)} negative, {counts.get(1, 0)} positive)")
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,57 @@
+"""Stage evaluate: the trained model on the test split.
+
+Writes dvclive/evaluate/metrics.json (loss, accuracy, precision, recall, f1, roc_auc), the ROC
+curve and confusion matrix under dvclive/evaluate/plots, and every test review's probability to
+data/predictions/test.parquet.
+"""
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from dvclive import Live
+from sklearn import metrics
+
+from zimdb import params
+from zimdb.artifacts import read_encoded, read_vocab, write_table
+from zimdb.batching import Encoded, logits
+from zimdb.device import resolve
+from zimdb.errors import run
+from zimdb.model import load
+
+TEST, VOCAB, MODEL = Path("data/encoded/test.npy"), Path("data/vocab.txt"), Path("data/model.pt")
+PREDICTIONS, LIVE = Path("data/predictions/test.parquet"), Path("dvclive/evaluate")
+
+
+def main() -> None:
+    p = params.load("evaluate")
+    device = resolve(p.device, "evaluate.device")
+    model = load(MODEL, device)
+    test = Encoded.from_records(read_encoded(TEST, len(read_vocab(VOCAB))), device)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    test_logits = logits(model, test, p.batch_size, autocast)
+    loss = F.binary_cross_entropy_with_logits(test_logits, test.labels).item()
+    prob = torch.sigmoid(test_logits).cpu().numpy()
+    y = test.labels.cpu().numpy().astype(int)
+    pred = (prob > 0.5).astype(int)
+    scores = {
+        "loss": loss,
+        "accuracy": metrics.accuracy_score(y, pred),
+        "precision": metrics.precision_score(y, pred, zero_division=0),
+        "recall": metrics.recall_score(y, pred, zero_division=0),
+        "f1": metrics.f1_score(y, pred, zero_division=0),
+        "roc_auc": metrics.roc_auc_score(y, prob),
+    }
+    with Live(str(LIVE), dvcyaml=None, save_dvc_exp=False) as live:
+        for name, value in scores.items():
+            live.log_metric(name, value, plot=False)
+        live.log_sklearn_plot("roc", y, prob)
+        live.log_sklearn_plot("confusion_matrix", y, pred)
+    write_table(pd.DataFrame({"label": y, "probability": prob, "prediction": pred}), PREDICTIONS)
+    print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+
+if __name__ == "__main__":
+    run(main)

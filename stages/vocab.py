@@ -1,0 +1,31 @@
+"""Stage vocab: the vocab.size most frequent words of the train split, PAD = 0 and UNK = 1 first.
+
+Writes data/vocab.txt, one word per line; the line number is the token id.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+
+from zimdb import params, text
+from zimdb.artifacts import read_table, write_vocab
+from zimdb.errors import run
+
+TRAIN, OUT = Path("data/clean/train.parquet"), Path("data/vocab.txt")
+
+
+def main() -> None:
+    p = params.load("vocab")
+    train = read_table(TRAIN, "clean", {"text": "str"})
+    counts = text.tokenize(train.text).explode().dropna().value_counts()
+    # Ties are broken alphabetically, so the vocabulary never depends on row order.
+    ranked = counts.rename("count").rename_axis("word").reset_index()
+    ranked = ranked.sort_values(["count", "word"], ascending=[False, True], kind="stable")
+    words = text.SPECIALS + ranked.word.head(p.size - len(text.SPECIALS)).tolist()
+    write_vocab(words, OUT)
+    covered = ranked["count"].head(len(words) - 2).sum() / max(ranked["count"].sum(), 1)
+    print(f"{len(words)} tokens ({len(ranked)} distinct words in train; {covered:.1%} of word uses covered)")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,69 @@
+"""Encoded reviews held in memory on the device, and length-bucketed batches over them.
+
+Reviews of similar length share a batch, so each batch is cut to its own longest review
+instead of padding every row to max_len. The model reads each review's last real token, so
+the padding never changes a prediction, only the work spent on it.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+BUCKET_BATCHES = 50  # batches sorted together: enough to group lengths, few enough to stay random
+
+
+@dataclass
+class Encoded:
+    ids: torch.Tensor  # [n, max_len] int64
+    lengths: torch.Tensor  # [n] int64
+    labels: torch.Tensor  # [n] float32
+    lengths_np: np.ndarray  # the same lengths on the host, to cut batches without a device sync
+
+    @classmethod
+    def from_records(cls, records: np.ndarray, device: torch.device) -> "Encoded":
+        lengths = records["length"].astype(np.int64)
+        return cls(
+            ids=torch.from_numpy(records["ids"].astype(np.int64)).to(device),
+            lengths=torch.from_numpy(lengths).to(device),
+            labels=torch.from_numpy(records["label"].astype(np.float32)).to(device),
+            lengths_np=lengths,
+        )
+
+    def __len__(self) -> int:
+        return len(self.lengths_np)
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ids cut to the batch's longest review, lengths, labels of the rows `idx`."""
+        width = max(int(self.lengths_np[idx].max()), 1)
+        rows = torch.from_numpy(idx).to(self.ids.device)
+        return self.ids[rows, :width], self.lengths[rows], self.labels[rows]
+
+
+def batch_indices(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None = None
+) -> list[np.ndarray]:
+    """Index arrays, one per batch. With `rng`: a random epoch order; without: sorted by length."""
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+@torch.no_grad()
+def logits(model: torch.nn.Module, data: Encoded, batch_size: int, autocast) -> torch.Tensor:
+    """The model's logits for every row of `data`, in row order, computed in length order."""
+    model.eval()
+    out = torch.empty(len(data), device=data.ids.device)
+    for idx in batch_indices(data.lengths_np, batch_size):
+        ids, lengths, _ = data.batch(idx)
+        with autocast:
+            out[torch.from_numpy(idx).to(out.device)] = model(ids, lengths).float()
+    return out

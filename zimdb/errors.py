@@ -1,0 +1,19 @@
+"""How a stage reports a mistake the user can fix: one line on stderr, a non-zero exit, no traceback."""
+
+import sys
+from collections.abc import Callable
+
+
+class PipelineError(Exception):
+    """Bad params, bad input data or a missing/damaged artifact; the message names the culprit."""
+
+
+def run(main: Callable[[], None]) -> None:
+    try:
+        main()
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: no output was written", file=sys.stderr)
+        sys.exit(130)
