@@ -31,12 +31,12 @@ REVIEW = re.compile(r"(?:^|/)(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
 
 def map_labels(labels: pd.Series, origin: str) -> pd.Series:
     """0/1 or 'pos'/'neg' (as the sources give them) to 0/1; anything else is refused."""
-    keys = labels.map(lambda v: v.lower() if isinstance(v, str) else v)
-    mapped = keys.map(lambda v: LABELS.get(v) if isinstance(v, str | int) else None)
+    mapped = labels.map(lambda v: v.lower() if isinstance(v, str) else v).map(LABELS)
     if mapped.isna().any():
         bad = labels[mapped.isna()].iloc[0]
         raise PipelineError(
-            f"{origin}: unknown label {bad!r}; accepted: 0, 1, 'neg', 'pos', 'negative', 'positive'"
+            f"{origin}: unknown label {bad if not isinstance(bad, str) else repr(bad)}; "
+            "accepted: 0, 1, 'neg', 'pos', 'negative', 'positive'"
         )
     return mapped.astype("int64")
 
@@ -71,7 +71,10 @@ def fetch(url: str) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=30) as response, atomic_path(dest) as tmp:
             total = int(response.headers.get("Content-Length", 0)) or None
-            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+            with (
+                open(tmp, "wb") as f,
+                tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar,
+            ):
                 while chunk := response.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -93,7 +96,9 @@ def archive_reviews(path: Path) -> Iterator[tuple[str, bytes]]:
                 if member.isfile() and REVIEW.search(member.name):
                     yield member.name, tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise PipelineError(f"{path}: not a readable tar archive ({type(e).__name__}: {e})") from None
+        raise PipelineError(
+            f"{path}: not a readable tar archive ({type(e).__name__}: {e})"
+        ) from None
 
 
 def from_aclimdb(archive: str) -> dict[str, pd.DataFrame]:
@@ -160,7 +165,10 @@ def main() -> None:
     for split, df in out.items():
         write_table(df, OUT / f"{split}.parquet")
         counts = df.label.value_counts()
-        print(f"{split}: {len(df)} reviews ({counts.get(0, 0)} negative, {counts.get(1, 0)} positive)")
+        print(
+            f"{split}: {len(df)} reviews ({counts.get(0, 0)} negative, {counts.get(1, 0)} positive)"
+        )
+
 
 if __name__ == "__main__":
     run(main)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from dvclive import Live
 from sklearn import metrics
 
+from dvclive import Live
 from zimdb import params
 from zimdb.artifacts import read_encoded, read_vocab, write_table
 from zimdb.batching import Encoded, logits
@@ -30,7 +30,9 @@ def main() -> None:
     device = resolve(p.device, "evaluate.device")
     model = load(MODEL, device)
     test = Encoded.from_records(read_encoded(TEST, len(read_vocab(VOCAB))), device)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    )
     test_logits = logits(model, test, p.batch_size, autocast)
     loss = F.binary_cross_entropy_with_logits(test_logits, test.labels).item()
     prob = torch.sigmoid(test_logits).cpu().numpy()

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dvclive import Live
 from tqdm import tqdm
 
+from dvclive import Live
 from zimdb import params
 from zimdb.artifacts import read_encoded, read_vocab
 from zimdb.batching import Encoded, batch_indices, logits
@@ -28,6 +28,26 @@ ENCODED, VOCAB = Path("data/encoded"), Path("data/vocab.txt")
 MODEL, LIVE = Path("data/model.pt"), Path("dvclive/train")
 
 
+def accumulate(model, micro_batches, autocast, scaler) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward over one accumulation window; returns its summed loss and correct count.
+
+    Each micro-batch's summed loss is divided by the window's sample count, so the accumulated
+    gradients are those of one batch holding all the window's samples, whatever the sizes of its
+    micro-batches (the last window of an epoch is usually short).
+    """
+    window_size = sum(len(labels) for _, _, labels in micro_batches)
+    total = torch.zeros((), device=micro_batches[0][2].device)
+    correct = torch.zeros((), device=total.device, dtype=torch.long)
+    for ids, lengths, labels in micro_batches:
+        with autocast:
+            out = model(ids, lengths)
+        loss = F.binary_cross_entropy_with_logits(out.float(), labels, reduction="sum")
+        scaler.scale(loss / window_size).backward()
+        total += loss.detach()
+        correct += ((out > 0) == (labels > 0.5)).sum()
+    return total, correct
+
+
 def main() -> None:
     p = params.load("train")
     device = resolve(p.device, "train.device")
@@ -37,7 +57,8 @@ def main() -> None:
     use_amp, use_ckpt = p.amp and cuda, p.grad_checkpointing and cuda
     print(
         f"device {device}; amp {'on (fp16)' if use_amp else 'off'}; gradient checkpointing "
-        f"{'on' if use_ckpt else 'off'}" + ("" if cuda else " (amp and checkpointing apply to CUDA only)")
+        f"{'on' if use_ckpt else 'off'}"
+        + ("" if cuda else " (amp and checkpointing apply to CUDA only)")
     )
     torch.manual_seed(p.seed)
     rng = np.random.default_rng(p.seed)
@@ -46,39 +67,42 @@ def main() -> None:
     train = Encoded.from_records(read_encoded(ENCODED / "train.npy", vocab_size), device)
     val = Encoded.from_records(read_encoded(ENCODED / "val.npy", vocab_size), device)
     model = SentimentLSTM(
-        vocab_size, p.embedding_dim, p.hidden_dim, p.num_layers, p.bidirectional, p.pooling, p.dropout
+        vocab_size,
+        p.embedding_dim,
+        p.hidden_dim,
+        p.num_layers,
+        p.bidirectional,
+        p.pooling,
+        p.dropout,
     ).to(device)
     model.grad_checkpointing = use_ckpt
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
     autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     peak = matmul_flops(device, torch.float16 if use_amp else torch.float32)
-    flops_per_token = 3 * model.flops_per_token()  # forward + backward (2x), recomputation not counted
+    flops_per_token = (
+        3 * model.flops_per_token()
+    )  # forward + backward (2x), recomputation not counted
 
     best_acc, best_state = -1.0, None
     with Live(str(LIVE), dvcyaml=None, save_dvc_exp=False) as live:
         for epoch in range(1, p.epochs + 1):
             model.train()
             batches = batch_indices(train.lengths_np, p.batch_size, rng)
-            windows = [batches[i : i + p.grad_accum_steps] for i in range(0, len(batches), p.grad_accum_steps)]
+            windows = [
+                batches[i : i + p.grad_accum_steps]
+                for i in range(0, len(batches), p.grad_accum_steps)
+            ]
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             tokens, start = 0, time.perf_counter()
             bar = tqdm(windows, desc=f"epoch {epoch}/{p.epochs}", unit="step", leave=False)
             for step, window in enumerate(bar, 1):
-                window_size = sum(len(idx) for idx in window)
-                window_loss = torch.zeros((), device=device)
-                for idx in window:
-                    ids, lengths, labels = train.batch(idx)
-                    with autocast:
-                        out = model(ids, lengths)
-                    loss = F.binary_cross_entropy_with_logits(out.float(), labels, reduction="sum")
-                    # Dividing by the window's sample count makes the summed gradients those of
-                    # one batch of all the window's samples, whatever the micro-batch sizes.
-                    scaler.scale(loss / window_size).backward()
-                    window_loss += loss.detach()
-                    correct += ((out > 0) == (labels > 0.5)).sum()
-                    tokens += ids.numel()
+                micro_batches = [train.batch(idx) for idx in window]
+                window_loss, window_correct = accumulate(model, micro_batches, autocast, scaler)
+                window_size = sum(len(labels) for _, _, labels in micro_batches)
+                correct += window_correct
+                tokens += sum(ids.numel() for ids, _, _ in micro_batches)
                 if not torch.isfinite(window_loss):
                     raise PipelineError(
                         f"train loss became {window_loss.item()} at epoch {epoch}, step {step}; "

@@ -5,8 +5,6 @@ Writes data/vocab.txt, one word per line; the line number is the token id.
 
 from pathlib import Path
 
-import pandas as pd
-
 from zimdb import params, text
 from zimdb.artifacts import read_table, write_vocab
 from zimdb.errors import run
@@ -24,7 +22,9 @@ def main() -> None:
     words = text.SPECIALS + ranked.word.head(p.size - len(text.SPECIALS)).tolist()
     write_vocab(words, OUT)
     covered = ranked["count"].head(len(words) - 2).sum() / max(ranked["count"].sum(), 1)
-    print(f"{len(words)} tokens ({len(ranked)} distinct words in train; {covered:.1%} of word uses covered)")
+    print(
+        f"{len(words)} tokens; {len(ranked)} distinct words in train, {covered:.1%} of uses covered"
+    )
 
 
 if __name__ == "__main__":

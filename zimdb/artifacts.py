@@ -91,7 +91,7 @@ def encoded_dtype(vocab_size: int, max_len: int) -> np.dtype:
 
 
 def write_encoded(records: np.ndarray, path: str | Path) -> None:
-    """One split's encoded reviews as a single .npy (no timestamps, so reruns are byte-identical)."""
+    """One split's encoded reviews as one .npy: no timestamps, so reruns are byte-identical."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, records, allow_pickle=False)
 

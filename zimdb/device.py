@@ -10,13 +10,17 @@ from zimdb.errors import PipelineError
 def resolve(name: str, key: str) -> torch.device:
     """`auto` takes CUDA when present; `cuda` without a GPU is a user error naming `key`."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(f"params.yaml: {key} is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
+        raise PipelineError(
+            f"params.yaml: {key} is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'"
+        )
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
 
 
-def matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.5) -> float:
+def matmul_flops(
+    device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.5
+) -> float:
     """FLOP/s of square matmuls measured now: the ceiling a training loop is compared with."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)

@@ -1,4 +1,4 @@
-"""How a stage reports a mistake the user can fix: one line on stderr, a non-zero exit, no traceback."""
+"""How a stage reports a mistake the user can fix: one line on stderr, exit 2, no traceback."""
 
 import sys
 from collections.abc import Callable

@@ -29,7 +29,9 @@ class LSTMLayer(nn.Module):
     def __init__(self, input_dim: int, hidden_dim: int, bidirectional: bool):
         super().__init__()
         self.forward_lstm = nn.LSTM(input_dim, hidden_dim, batch_first=True)
-        self.backward_lstm = nn.LSTM(input_dim, hidden_dim, batch_first=True) if bidirectional else None
+        self.backward_lstm = (
+            nn.LSTM(input_dim, hidden_dim, batch_first=True) if bidirectional else None
+        )
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         out, _ = self.forward_lstm(x)

@@ -28,14 +28,12 @@ class Field:
         if self.choices:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-        parts = [name[self.kind]]
-        if self.gt is not None:
-            parts.append(f"> {self.gt}")
-        if self.lo is not None:
-            parts.append(f">= {self.lo}")
-        if self.hi is not None:
-            parts.append(f"< {self.hi}")
-        return " ".join(parts)
+        bounds = [
+            f"> {self.gt}" if self.gt is not None else None,
+            f">= {self.lo}" if self.lo is not None else None,
+            f"< {self.hi}" if self.hi is not None else None,
+        ]
+        return " ".join([name[self.kind], " and ".join(b for b in bounds if b)]).strip()
 
     def accepts(self, value: Any) -> bool:
         if isinstance(value, bool) != (self.kind is bool):
@@ -104,12 +102,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
 
 def validate(params: Any, source: Path = PARAMS_FILE) -> None:
     if not isinstance(params, dict):
-        raise PipelineError(f"{source}: expected a mapping of sections, got {type(params).__name__}")
+        raise PipelineError(
+            f"{source}: expected a mapping of sections, got {type(params).__name__}"
+        )
     unknown = sorted(set(params) - set(SCHEMA))
     if unknown:
-        raise PipelineError(
-            f"{source}: unknown section {unknown[0]!r}; known: {', '.join(SCHEMA)}"
-        )
+        raise PipelineError(f"{source}: unknown section {unknown[0]!r}; known: {', '.join(SCHEMA)}")
     for section, fields in SCHEMA.items():
         values = params.get(section)
         if not isinstance(values, dict):

@@ -1,0 +1,101 @@
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "aclImdb_v1_labeled.tar.gz"
+
+POSITIVE = ["a wonderful film", "great acting and a great story", "i loved it, brilliant"]
+NEGATIVE = ["a terrible film", "awful acting and a boring story", "i hated it, dreadful"]
+
+
+def write_params(root: Path, **overrides) -> None:
+    """params.yaml of the project with `section.key` overrides, e.g. **{"train.epochs": 1}."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        params[section][name] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def write_archive(path: Path, per_label: int = 6, extra: dict[str, bytes] | None = None) -> Path:
+    """A small .tar.gz in the Stanford layout: aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt."""
+    with tarfile.open(path, "w:gz") as tar:
+
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        add("aclImdb/README", b"not a review")
+        for split in ("train", "test"):
+            for label, texts, rating in (("pos", POSITIVE, 9), ("neg", NEGATIVE, 2)):
+                for i in range(per_label):
+                    text = f"{texts[i % len(texts)]} <br /><br />number {i} of {split}"
+                    add(f"aclImdb/{split}/{label}/{i}_{rating}.txt", text.encode())
+        for name, data in (extra or {}).items():
+            add(name, data)
+    return path
+
+
+def python_env() -> dict[str, str]:
+    """The environment for `dvc` and the stage commands: this interpreter's bin dir first."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.pop("DVC_NO_ANALYTICS", None)
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=python_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd, check)
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    """A git + DVC copy of the committed project in a temporary folder; call it with overrides."""
+
+    def make(**overrides) -> Path:
+        root = tmp_path / "project"
+        files = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for name in files:
+            if (ROOT / name).is_file():
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, root / name)
+        write_params(root, **overrides)
+        for cmd in (
+            ["git", "init", "-q"],
+            ["git", "add", "-A"],
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+        ):
+            run(cmd, root)
+        return root
+
+    return make
+
+
+@pytest.fixture
+def shared_archive() -> Path:
+    if not SHARED_ARCHIVE.exists():
+        pytest.skip(f"{SHARED_ARCHIVE} is absent (CI and the dev machines have it)")
+    return SHARED_ARCHIVE

@@ -1,0 +1,161 @@
+"""download, clean, vocab and encode, each run as its main() in a temporary working folder."""
+
+import pandas as pd
+import pytest
+
+from stages import clean, download, encode, vocab
+from tests.conftest import write_archive, write_params
+from zimdb.artifacts import read_encoded, read_vocab
+from zimdb.errors import PipelineError
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_labels_map_ints_and_strings_and_refuse_others():
+    mapped = download.map_labels(pd.Series([0, 1, "pos", "neg", "POS", "negative"]), "src")
+    assert mapped.tolist() == [0, 1, 1, 0, 1, 0]
+    with pytest.raises(PipelineError, match=r"src: unknown label 'meh'"):
+        download.map_labels(pd.Series(["pos", "meh"]), "src")
+    with pytest.raises(PipelineError, match="unknown label 2"):
+        download.map_labels(pd.Series([0, 2]), "src")
+
+
+def test_aclimdb_archive_to_raw_tables(workdir, capsys):
+    archive = write_archive(workdir / "small.tar.gz", per_label=5)
+    write_params(workdir, **{"download.source": "aclimdb", "download.archive": str(archive)})
+    download.main()
+    train = pd.read_parquet("data/raw/train.parquet")
+    assert len(train) == 10 and train.label.value_counts().to_dict() == {0: 5, 1: 5}
+    assert set(train.columns) == {"text", "label", "id", "rating"}
+    assert set(train[train.label == 1].rating) == {9} and set(train[train.label == 0].rating) == {2}
+    assert "train: 10 reviews (5 negative, 5 positive)" in capsys.readouterr().out
+
+
+def test_aclimdb_extracted_folder_gives_the_same_tables(workdir):
+    import tarfile
+
+    archive = write_archive(workdir / "small.tar.gz", per_label=3)
+    write_params(workdir, **{"download.source": "aclimdb", "download.archive": str(archive)})
+    download.main()
+    from_tar = pd.read_parquet("data/raw/test.parquet")
+    with tarfile.open(archive) as tar:
+        tar.extractall(workdir / "x", filter="data")
+    write_params(workdir, **{"download.source": "aclimdb", "download.archive": "x/aclImdb"})
+    download.main()
+    pd.testing.assert_frame_equal(pd.read_parquet("data/raw/test.parquet"), from_tar)
+
+
+def test_limit_is_balanced_and_deterministic(workdir):
+    archive = write_archive(workdir / "small.tar.gz", per_label=6)
+    write_params(
+        workdir,
+        **{"download.source": "aclimdb", "download.archive": str(archive), "download.limit": 5},
+    )
+    download.main()
+    first = pd.read_parquet("data/raw/train.parquet")
+    assert len(first) == 5 and sorted(first.label.value_counts().tolist()) == [2, 3]
+    download.main()
+    pd.testing.assert_frame_equal(pd.read_parquet("data/raw/train.parquet"), first)
+
+
+def test_limit_leaving_one_class_is_refused(workdir):
+    archive = write_archive(workdir / "small.tar.gz")
+    write_params(
+        workdir,
+        **{"download.source": "aclimdb", "download.archive": str(archive), "download.limit": 1},
+    )
+    with pytest.raises(PipelineError, match="both classes are needed"):
+        download.main()
+
+
+def test_modelscope_source_reads_a_local_dataset_through_msdataset_load(workdir, monkeypatch):
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(workdir / "mscache"))
+    folder = workdir / "imdb_local"
+    folder.mkdir()
+    for split in ("train", "test"):
+        pd.DataFrame(
+            {
+                "text": ["Great <b>film</b>", "awful film", "loved it", "hated it"],
+                "label": [1, 0, 1, 0],
+            }
+        ).to_csv(folder / f"{split}.csv", index=False)
+    write_params(workdir, **{"download.source": "modelscope", "download.dataset": str(folder)})
+    download.main()
+    train = pd.read_parquet("data/raw/train.parquet")
+    assert train.text.tolist()[0] == "Great <b>film</b>" and train.label.tolist() == [1, 0, 1, 0]
+
+
+def test_modelscope_string_labels_are_mapped(workdir, monkeypatch):
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(workdir / "mscache"))
+    folder = workdir / "imdb_str"
+    folder.mkdir()
+    for split in ("train", "test"):
+        pd.DataFrame({"text": ["good", "bad"], "label": ["pos", "neg"]}).to_csv(
+            folder / f"{split}.csv", index=False
+        )
+    write_params(workdir, **{"download.source": "modelscope", "download.dataset": str(folder)})
+    download.main()
+    assert pd.read_parquet("data/raw/test.parquet").label.tolist() == [1, 0]
+
+
+def test_shared_archive_has_the_full_dataset(workdir, shared_archive):
+    write_params(workdir, **{"download.source": "aclimdb", "download.archive": str(shared_archive)})
+    download.main()
+    for split in ("train", "test"):
+        df = pd.read_parquet(f"data/raw/{split}.parquet")
+        assert df.label.value_counts().to_dict() == {0: 12500, 1: 12500}
+        assert df.rating[df.label == 1].between(7, 10).all()
+        assert df.rating[df.label == 0].between(1, 4).all()
+
+
+def _raw(workdir, rows):
+    (workdir / "data/raw").mkdir(parents=True)
+    for split in ("train", "test"):
+        pd.DataFrame(rows).to_parquet(workdir / f"data/raw/{split}.parquet")
+
+
+def test_clean_split_is_stratified_and_deterministic(workdir):
+    words = [f"{a}{b}" for a in "abcd" for b in "abcdefghij"]  # 40 distinct letter-only words
+    _raw(workdir, {"text": [f"<br/>Review {w}!" for w in words], "label": [0, 1] * 20})
+    write_params(workdir, **{"split.val_fraction": 0.25})
+    clean.main()
+    train, val = (pd.read_parquet(f"data/clean/{s}.parquet") for s in ("train", "val"))
+    assert len(train) == 30 and len(val) == 10 and val.label.sum() == 5
+    assert set(train.text) | set(val.text) == {f"review {w}" for w in words}
+    clean.main()
+    pd.testing.assert_frame_equal(pd.read_parquet("data/clean/val.parquet"), val)
+
+
+def test_vocab_is_most_frequent_with_pad_unk_and_alphabetical_ties(workdir):
+    (workdir / "data/clean").mkdir(parents=True)
+    texts = ["b a c", "c b", "c", "z y x"]  # c:3 b:2 then a, x, y, z tie at 1
+    pd.DataFrame({"text": texts, "label": [0, 1, 0, 1]}).to_parquet("data/clean/train.parquet")
+    write_params(workdir, **{"vocab.size": 5})
+    vocab.main()
+    assert read_vocab("data/vocab.txt") == ["<pad>", "<unk>", "c", "b", "a"]
+    pd.DataFrame({"text": texts[::-1], "label": [1, 0, 1, 0]}).to_parquet(
+        "data/clean/train.parquet"
+    )
+    vocab.main()
+    assert read_vocab("data/vocab.txt") == ["<pad>", "<unk>", "c", "b", "a"]
+
+
+def test_encode_writes_byte_identical_arrays(workdir):
+    (workdir / "data/clean").mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        pd.DataFrame({"text": ["good film", "bad bad bad bad bad"], "label": [1, 0]}).to_parquet(
+            f"data/clean/{split}.parquet"
+        )
+    (workdir / "data/vocab.txt").write_text("<pad>\n<unk>\ngood\nbad\n")
+    write_params(workdir, **{"encode.max_len": 3})
+    encode.main()
+    records = read_encoded("data/encoded/val.npy", vocab_size=4)
+    assert records["ids"].tolist() == [[2, 1, 0], [3, 3, 3]]
+    assert records["length"].tolist() == [2, 3] and records["label"].tolist() == [1, 0]
+    first = (workdir / "data/encoded/test.npy").read_bytes()
+    encode.main()
+    assert (workdir / "data/encoded/test.npy").read_bytes() == first

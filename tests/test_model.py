@@ -1,0 +1,140 @@
+"""The model reads each review up to its last real token, and the training arithmetic is exact."""
+
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+import torch
+
+from stages.train import accumulate
+from zimdb.batching import Encoded, batch_indices
+from zimdb.model import SentimentLSTM, load, reverse_within_length, save
+
+ARCHITECTURES = [
+    dict(),  # the original: one layer, one direction, last real token
+    dict(bidirectional=True),
+    dict(num_layers=2, bidirectional=True, pooling="max"),
+    dict(num_layers=2, pooling="max"),
+]
+NO_SCALER = torch.amp.GradScaler("cuda", enabled=False)
+
+
+def make_model(**kw) -> SentimentLSTM:
+    torch.manual_seed(0)
+    return SentimentLSTM(50, embedding_dim=8, hidden_dim=6, **kw).double()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_logit_ignores_everything_after_the_last_real_token(arch):
+    model = make_model(**arch).eval()
+    torch.manual_seed(1)
+    lengths = torch.tensor([3, 7, 1, 5])
+    ids = torch.randint(2, 50, (4, 7))
+    real = torch.arange(7) < lengths[:, None]
+    padded = torch.where(real, ids, 0)
+    garbage = torch.where(real, ids, torch.randint(2, 50, (4, 7)))
+    wider = torch.cat([padded, torch.zeros(4, 5, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        reference = model(padded, lengths)
+        torch.testing.assert_close(model(garbage, lengths), reference)
+        torch.testing.assert_close(model(wider, lengths), reference)
+        for i in range(4):  # each review alone, cut to its own length
+            alone = model(ids[i : i + 1, : lengths[i]], lengths[i : i + 1])
+            torch.testing.assert_close(alone, reference[i : i + 1])
+
+
+def test_empty_review_gets_a_finite_logit():
+    model = make_model().eval()
+    with torch.no_grad():
+        assert torch.isfinite(
+            model(torch.zeros(2, 1, dtype=torch.long), torch.tensor([0, 0]))
+        ).all()
+
+
+def test_reverse_within_length_keeps_padding_in_place():
+    x = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])
+    assert reverse_within_length(x, torch.tensor([3, 2])).tolist() == [[3, 2, 1, 0], [5, 4, 0, 0]]
+
+
+def _data(n: int) -> Encoded:
+    rng = np.random.default_rng(0)
+    records = np.zeros(
+        n, dtype=[("ids", np.uint16, (9,)), ("length", np.int32), ("label", np.uint8)]
+    )
+    records["length"] = rng.integers(1, 10, n)
+    records["ids"] = rng.integers(2, 50, (n, 9)) * (np.arange(9) < records["length"][:, None])
+    records["label"] = rng.integers(0, 2, n)
+    return Encoded.from_records(records, torch.device("cpu"))
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES[:2])
+@pytest.mark.parametrize("sizes", [[4, 4, 4], [5, 3, 1]])  # equal micro-batches; a short last one
+def test_accumulated_micro_batches_give_the_gradients_of_one_batch(arch, sizes):
+    data = _data(sum(sizes))
+    model = make_model(**arch).train()
+    edges = np.cumsum([0, *sizes])
+    micro = [data.batch(np.arange(a, b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    micro = [(ids, lengths, labels.double()) for ids, lengths, labels in micro]
+    loss, correct = accumulate(model, micro, nullcontext(), NO_SCALER)
+    accumulated = _grads(model)
+    ids, lengths, labels = data.batch(np.arange(len(data)))
+    whole_loss, whole_correct = accumulate(
+        model, [(ids, lengths, labels.double())], nullcontext(), NO_SCALER
+    )
+    whole = _grads(model)
+    assert accumulated.keys() == whole.keys()
+    for name in whole:
+        torch.testing.assert_close(accumulated[name], whole[name], msg=name)
+    torch.testing.assert_close(loss, whole_loss)
+    assert correct == whole_correct
+
+
+def test_last_partial_window_is_weighted_by_its_own_size():
+    """A window of 2 samples after windows of 8: its gradient is the mean over those 2 alone."""
+    data = _data(2)
+    model = make_model().train()
+    a, b = data.batch(np.array([0])), data.batch(np.array([1]))
+    accumulate(model, [(i, n, y.double()) for i, n, y in (a, b)], nullcontext(), NO_SCALER)
+    partial = _grads(model)
+    ids, lengths, labels = data.batch(np.array([0, 1]))
+    accumulate(model, [(ids, lengths, labels.double())], nullcontext(), NO_SCALER)
+    for name, grad in _grads(model).items():
+        torch.testing.assert_close(partial[name], grad, msg=name)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES[:3])
+def test_checkpointing_gives_the_gradients_of_no_checkpointing(arch):
+    data = _data(8)
+    batch = [(ids, n, y.double()) for ids, n, y in [data.batch(np.arange(8))]]
+    model = make_model(**arch).train()
+    accumulate(model, batch, nullcontext(), NO_SCALER)
+    plain = _grads(model)
+    model.grad_checkpointing = True
+    accumulate(model, batch, nullcontext(), NO_SCALER)
+    for name, grad in _grads(model).items():
+        torch.testing.assert_close(grad, plain[name], msg=name)
+
+
+def test_bucketed_batches_cover_every_row_once_and_group_lengths():
+    lengths = np.random.default_rng(0).integers(1, 250, 1000)
+    batches = batch_indices(lengths, 16, np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded < 0.6 * 1000 * 250  # far less padding than cutting every row to max_len
+    again = batch_indices(lengths, 16, np.random.default_rng(1))
+    assert all((x == y).all() for x, y in zip(batches, again, strict=True))
+
+
+def test_saved_model_rebuilds_with_the_same_outputs(tmp_path):
+    model = make_model(bidirectional=True).float().eval()
+    save(model, tmp_path / "m.pt")
+    loaded = load(tmp_path / "m.pt")
+    ids, lengths = torch.randint(2, 50, (3, 5)), torch.tensor([5, 2, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, lengths), model(ids, lengths))

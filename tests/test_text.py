@@ -1,0 +1,40 @@
+import numpy as np
+import pandas as pd
+
+from zimdb import text
+
+
+def test_clean_strips_tags_keeps_letters_and_apostrophes_lowercases():
+    raw = pd.Series(
+        ["This<br /><br />movie's GREAT!!! 10/10", "<i>Bad</i>-ish, isn't it?", "", "<p></p> 123"]
+    )
+    assert text.clean(raw).tolist() == ["this movie's great", "bad ish isn't it", "", ""]
+
+
+def test_clean_drops_non_ascii_letters_as_the_original_did():
+    assert text.clean(pd.Series(["café naïve 東京"])).tolist() == ["caf na ve"]
+
+
+def test_tokenize_gives_empty_list_for_empty_review():
+    assert text.tokenize(pd.Series(["a b", ""])).tolist() == [["a", "b"], []]
+
+
+VOCAB = ["<pad>", "<unk>", "good", "bad", "film"]
+
+
+def test_encode_pads_and_maps_unknown_words():
+    ids, lengths = text.encode(pd.Series(["good film", "bad zzz", ""]), VOCAB, 4, "head")
+    assert ids.tolist() == [[2, 4, 0, 0], [3, 1, 0, 0], [0, 0, 0, 0]]
+    assert lengths.tolist() == [2, 2, 0]
+
+
+def test_encode_truncates_head_or_tail():
+    review = pd.Series(["good bad film good bad"])
+    head, n = text.encode(review, VOCAB, 3, "head")
+    tail, _ = text.encode(review, VOCAB, 3, "tail")
+    assert head.tolist() == [[2, 3, 4]] and tail.tolist() == [[4, 2, 3]] and n.tolist() == [3]
+
+
+def test_encode_of_nothing():
+    ids, lengths = text.encode(pd.Series([], dtype=object), VOCAB, 3, "head")
+    assert ids.shape == (0, 3) and lengths.shape == (0,) and ids.dtype == np.int64
