@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from dvclive import Live
 from sklearn import metrics
 
-from dvclive import Live
 from zimdb import params
 from zimdb.artifacts import read_encoded, read_vocab, write_table
 from zimdb.batching import Encoded, logits

@@ -1,12 +1,14 @@
-"""Stage train: SentimentLSTM on the train split, the epoch with the best val accuracy kept.
+"""Stage train: SentimentLSTM on the train split; the epoch with the best val accuracy is kept.
 
-On CUDA: fp16 autocast with GradScaler, gradient checkpointing of the LSTM layers. Everywhere:
+On CUDA: fp16 autocast with GradScaler and gradient checkpointing of the LSTM layers. Everywhere:
 gradient accumulation over train.grad_accum_steps micro-batches, each window weighted by its own
-number of samples (the last, partial one included), clipping after unscaling. Per-epoch curves
-go to dvclive/train; the model to data/model.pt.
+number of samples, clipping after unscaling, a resumable checkpoint after every epoch, and
+data-parallel training when train.nproc_per_node > 1 or when started by torchrun.
+Writes data/model.pt and the curves under dvclive/train.
 """
 
 import math
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -14,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dvclive import Live
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from dvclive import Live
-from zimdb import params
+from zimdb import checkpoint, distributed, params
 from zimdb.artifacts import read_encoded, read_vocab
 from zimdb.batching import Encoded, batch_indices, logits
 from zimdb.device import matmul_flops, resolve
@@ -33,12 +36,15 @@ def accumulate(model, micro_batches, autocast, scaler) -> tuple[torch.Tensor, to
 
     Each micro-batch's summed loss is divided by the window's sample count, so the accumulated
     gradients are those of one batch holding all the window's samples, whatever the sizes of its
-    micro-batches (the last window of an epoch is usually short).
+    micro-batches (the last window of an epoch is usually short). Under DDP, gradients are
+    averaged across processes once, on the window's last micro-batch.
     """
     window_size = sum(len(labels) for _, _, labels in micro_batches)
     total = torch.zeros((), device=micro_batches[0][2].device)
     correct = torch.zeros((), device=total.device, dtype=torch.long)
-    for ids, lengths, labels in micro_batches:
+    for i, (ids, lengths, labels) in enumerate(micro_batches):
+        if isinstance(model, DDP):
+            model.require_backward_grad_sync = i == len(micro_batches) - 1
         with autocast:
             out = model(ids, lengths)
         loss = F.binary_cross_entropy_with_logits(out.float(), labels, reduction="sum")
@@ -51,22 +57,27 @@ def accumulate(model, micro_batches, autocast, scaler) -> tuple[torch.Tensor, to
 def main() -> None:
     p = params.load("train")
     device = resolve(p.device, "train.device")
+    if p.nproc_per_node > 1 and not distributed.launched_by_torchrun():
+        sys.exit(distributed.relaunch("stages.train", p.nproc_per_node))
     cuda = device.type == "cuda"
-    # AMP and checkpointing trade precision and compute for GPU speed and memory; on CPU they
-    # would only slow training down, so they apply to CUDA alone and the log says so.
+    group = distributed.init(cuda)
+    if cuda:
+        device = torch.device("cuda", group.local_rank)
+    log = print if group.is_main else lambda *a, **k: None
+    # AMP and checkpointing trade precision and recomputation for GPU speed and memory; on a CPU
+    # they would only slow training down, so they apply to CUDA alone and the log says so.
     use_amp, use_ckpt = p.amp and cuda, p.grad_checkpointing and cuda
-    print(
-        f"device {device}; amp {'on (fp16)' if use_amp else 'off'}; gradient checkpointing "
-        f"{'on' if use_ckpt else 'off'}"
+    log(
+        f"device {device} x {group.world_size}; amp {'on (fp16)' if use_amp else 'off'}; "
+        f"gradient checkpointing {'on' if use_ckpt else 'off'}"
         + ("" if cuda else " (amp and checkpointing apply to CUDA only)")
     )
-    torch.manual_seed(p.seed)
-    rng = np.random.default_rng(p.seed)
 
     vocab_size = len(read_vocab(VOCAB))
     train = Encoded.from_records(read_encoded(ENCODED / "train.npy", vocab_size), device)
     val = Encoded.from_records(read_encoded(ENCODED / "val.npy", vocab_size), device)
-    model = SentimentLSTM(
+    torch.manual_seed(p.seed)  # the same initial weights in every process
+    raw_model = SentimentLSTM(
         vocab_size,
         p.embedding_dim,
         p.hidden_dim,
@@ -75,82 +86,138 @@ def main() -> None:
         p.pooling,
         p.dropout,
     ).to(device)
-    model.grad_checkpointing = use_ckpt
-    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
+    raw_model.grad_checkpointing = use_ckpt
+    optimizer = torch.optim.Adam(raw_model.parameters(), lr=p.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    peak = matmul_flops(device, torch.float16 if use_amp else torch.float32)
-    flops_per_token = (
-        3 * model.flops_per_token()
-    )  # forward + backward (2x), recomputation not counted
+    autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
+    rng = np.random.default_rng(
+        p.seed
+    )  # batch order: the same in every process, each takes a shard
+    torch.manual_seed(p.seed + group.rank)  # dropout: different in every process
 
-    best_acc, best_state = -1.0, None
-    with Live(str(LIVE), dvcyaml=None, save_dvc_exp=False) as live:
-        for epoch in range(1, p.epochs + 1):
-            model.train()
-            batches = batch_indices(train.lengths_np, p.batch_size, rng)
-            windows = [
-                batches[i : i + p.grad_accum_steps]
-                for i in range(0, len(batches), p.grad_accum_steps)
-            ]
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            tokens, start = 0, time.perf_counter()
-            bar = tqdm(windows, desc=f"epoch {epoch}/{p.epochs}", unit="step", leave=False)
-            for step, window in enumerate(bar, 1):
-                micro_batches = [train.batch(idx) for idx in window]
-                window_loss, window_correct = accumulate(model, micro_batches, autocast, scaler)
-                window_size = sum(len(labels) for _, _, labels in micro_batches)
-                correct += window_correct
-                tokens += sum(ids.numel() for ids, _, _ in micro_batches)
-                if not torch.isfinite(window_loss):
-                    raise PipelineError(
-                        f"train loss became {window_loss.item()} at epoch {epoch}, step {step}; "
-                        f"lower train.lr (now {p.lr}) or set train.grad_clip"
-                    )
-                if p.grad_clip > 0:
-                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum += window_loss
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{window_loss.item() / window_size:.4f}")
-            if cuda:
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            train_loss, train_acc = loss_sum.item() / len(train), correct.item() / len(train)
-            val_logits = logits(model, val, p.batch_size, autocast)
-            val_loss = F.binary_cross_entropy_with_logits(val_logits, val.labels).item()
-            val_acc = ((val_logits > 0) == (val.labels > 0.5)).float().mean().item()
-            utilisation = flops_per_token * tokens / seconds / peak
-            print(
-                f"epoch {epoch}/{p.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
-                f"val loss {val_loss:.4f} acc {val_acc:.4f} | {seconds:.1f} s, "
-                f"{len(train) / seconds:.0f} samples/s, {utilisation:.0%} of the measured "
-                f"matmul rate ({peak / 1e9:.0f} GFLOP/s)"
-            )
-            if not math.isfinite(val_loss):
-                raise PipelineError(f"val loss is {val_loss} after epoch {epoch}; lower train.lr")
-            for name, value in {
-                "train/loss": train_loss,
-                "train/acc": train_acc,
-                "val/loss": val_loss,
-                "val/acc": val_acc,
-                "epoch_time_s": seconds,
-                "samples_per_s": len(train) / seconds,
-                "matmul_utilisation": utilisation,
-            }.items():
+    inputs = [VOCAB, ENCODED / "train.npy", ENCODED / "val.npy"]
+    fingerprint = checkpoint.fingerprint(p, inputs, group.world_size)
+    state = checkpoint.load(fingerprint, p.epochs, device) if group.is_main else None
+    if group.enabled:  # every process resumes from what rank 0 found
+        shared = [state]
+        torch.distributed.broadcast_object_list(shared, src=0, device=device if cuda else None)
+        state = shared[0]
+    history, best = [], {"epoch": 0, "acc": -1.0, "state": None}
+    if state:
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        history, best = state["history"], state["best"]
+    model = (
+        DDP(raw_model, device_ids=[device.index] if cuda else None) if group.enabled else raw_model
+    )
+
+    peak = matmul_flops(device, torch.float16 if use_amp else torch.float32)
+    flops_per_token = 3 * raw_model.flops_per_token()  # forward + backward; recompute not counted
+    live = None
+    if group.is_main:
+        live = Live(str(LIVE), dvcyaml=None, save_dvc_exp=False)
+        for logged in history:  # DVC cleared dvclive/train before this run: replay resumed epochs
+            for name, value in logged.items():
                 live.log_metric(name, value)
             live.next_step()
-            if val_acc > best_acc:
-                best_acc, best_epoch = val_acc, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        live.summary["best/epoch"], live.summary["best/val_acc"] = best_epoch, best_acc
-    model.load_state_dict(best_state)
-    save(model, MODEL)
-    print(f"saved {MODEL}: epoch {best_epoch}, val accuracy {best_acc:.4f}")
+
+    for epoch in range(len(history) + 1, p.epochs + 1):
+        model.train()
+        batches = batch_indices(train.lengths_np, p.batch_size, rng)
+        batches = distributed.shard(batches, group)
+        windows = [
+            batches[i : i + p.grad_accum_steps] for i in range(0, len(batches), p.grad_accum_steps)
+        ]
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen, tokens, start = 0, 0, time.perf_counter()
+        bar = tqdm(
+            windows, desc=f"epoch {epoch}/{p.epochs}", unit="step", disable=not group.is_main
+        )
+        for step, window in enumerate(bar, 1):
+            micro_batches = [train.batch(idx) for idx in window]
+            window_loss, window_correct = accumulate(model, micro_batches, autocast, scaler)
+            if not torch.isfinite(window_loss):
+                raise PipelineError(
+                    f"train loss became {window_loss.item()} at epoch {epoch}, step {step}; "
+                    f"lower train.lr (now {p.lr}) or set train.grad_clip (now {p.grad_clip})"
+                )
+            if p.grad_clip > 0:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), p.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += window_loss
+            correct += window_correct
+            seen += sum(len(idx) for idx in window)
+            tokens += sum(ids.numel() for ids, _, _ in micro_batches)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{window_loss.item() / sum(map(len, window)):.4f}")
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        utilisation = flops_per_token * tokens / seconds / peak
+
+        # Validation is sharded like training; sums over all processes give the full split.
+        shard = np.arange(group.rank, len(val), group.world_size)
+        val_logits = logits(raw_model, val.subset(shard), 4 * p.batch_size, autocast)
+        val_labels = val.labels[torch.from_numpy(shard).to(device)]
+        val_loss_sum = F.binary_cross_entropy_with_logits(val_logits, val_labels, reduction="sum")
+        val_correct = ((val_logits > 0) == (val_labels > 0.5)).sum()
+        totals = distributed.all_sum(group, loss_sum, correct, val_loss_sum, val_correct)
+        train_seen = seen * group.world_size  # every process saw the same number of windows
+        metrics = {
+            "train/loss": totals[0].item() / train_seen,
+            "train/acc": totals[1].item() / train_seen,
+            "val/loss": totals[2].item() / len(val),
+            "val/acc": totals[3].item() / len(val),
+            "epoch_time_s": seconds,
+            "samples_per_s": train_seen / seconds,
+            "matmul_utilisation": utilisation,
+        }
+        log(
+            f"epoch {epoch}/{p.epochs}: train loss {metrics['train/loss']:.4f} "
+            f"acc {metrics['train/acc']:.4f} | val loss {metrics['val/loss']:.4f} "
+            f"acc {metrics['val/acc']:.4f} | {seconds:.1f} s, {metrics['samples_per_s']:.0f} "
+            f"samples/s, {utilisation:.0%} of the measured matmul rate ({peak / 1e9:.0f} GFLOP/s)"
+        )
+        if not math.isfinite(metrics["val/loss"]):
+            raise PipelineError(
+                f"val loss is {metrics['val/loss']} after epoch {epoch}; lower train.lr"
+            )
+        history.append(metrics)
+        if metrics["val/acc"] > best["acc"]:
+            best = {"epoch": epoch, "acc": metrics["val/acc"], "state": raw_model.state_dict()}
+            best["state"] = {k: v.detach().clone() for k, v in best["state"].items()}
+        if group.is_main:
+            for name, value in metrics.items():
+                live.log_metric(name, value)
+            live.next_step()
+            checkpoint.save(
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": raw_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "numpy_rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                    "best": best,
+                }
+            )
+
+    if group.is_main:
+        live.summary["best/epoch"], live.summary["best/val_acc"] = best["epoch"], best["acc"]
+        live.end()
+        raw_model.load_state_dict(best["state"])
+        save(raw_model, MODEL)
+        log(f"saved {MODEL}: epoch {best['epoch']}, val accuracy {best['acc']:.4f}")
+    distributed.shutdown(group)
 
 
 if __name__ == "__main__":

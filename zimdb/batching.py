@@ -33,6 +33,10 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.lengths_np)
 
+    def subset(self, idx: np.ndarray) -> "Encoded":
+        rows = torch.from_numpy(idx).to(self.ids.device)
+        return Encoded(self.ids[rows], self.lengths[rows], self.labels[rows], self.lengths_np[idx])
+
     def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ids cut to the batch's longest review, lengths, labels of the rows `idx`."""
         width = max(int(self.lengths_np[idx].max()), 1)

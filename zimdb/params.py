@@ -92,6 +92,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "grad_checkpointing": Field(bool),
         "device": DEVICE,
         "seed": Field(int, lo=0),
+        "nproc_per_node": Field(int, lo=1),
     },
     "evaluate": {
         "batch_size": Field(int, lo=1),
