@@ -1,0 +1,189 @@
+"""The train stage as a process: resuming after SIGINT/SIGKILL, NaN detection, DDP with gloo."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT, python_env, write_params
+from zimdb import distributed
+from zimdb.artifacts import encoded_dtype, write_encoded, write_vocab
+from zimdb.batching import Encoded, logits
+from zimdb.model import load
+
+TINY = {
+    "train.embedding_dim": 16,
+    "train.hidden_dim": 32,
+    "train.batch_size": 32,
+    "train.grad_accum_steps": 2,
+    "train.device": "cpu",
+}
+
+
+def make_data(root, n_train=1600, n_val=200, vocab_size=60, max_len=40):
+    """Encoded splits where words 2-5 are positive, 6-9 negative: learnable in an epoch."""
+    rng = np.random.default_rng(0)
+    write_vocab(
+        ["<pad>", "<unk>"] + [f"w{i}" for i in range(vocab_size - 2)], root / "data/vocab.txt"
+    )
+    for split, n in (("train", n_train), ("val", n_val)):
+        records = np.zeros(n, dtype=encoded_dtype(vocab_size, max_len))
+        records["label"] = rng.integers(0, 2, n)
+        records["length"] = rng.integers(5, max_len + 1, n)
+        ids = rng.integers(10, vocab_size, (n, max_len))
+        cue = np.where(
+            records["label"][:, None] == 1, rng.integers(2, 6, (n, 1)), rng.integers(6, 10, (n, 1))
+        )
+        ids[:, :3] = cue
+        records["ids"] = ids * (np.arange(max_len) < records["length"][:, None])
+        write_encoded(records, root / f"data/encoded/{split}.npy")
+
+
+def start_train(root) -> subprocess.Popen:
+    env = python_env() | {"PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def train(root) -> subprocess.CompletedProcess:
+    proc = start_train(root)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def workdir(tmp_path, name, **overrides):
+    root = tmp_path / name
+    root.mkdir()
+    make_data(root)
+    write_params(root, **TINY, **overrides)
+    # dvclive expects a git repository with a commit, as a clone of the project is.
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(
+        [
+            "git",
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ],
+        cwd=root,
+        check=True,
+    )
+    return root
+
+
+def state(root) -> dict:
+    return torch.load(root / "data/model.pt", weights_only=True)["state_dict"]
+
+
+def checkpoint_epoch(root) -> int:
+    path = root / "data/train_checkpoint.pt"
+    return torch.load(path, weights_only=True)["epoch"] if path.exists() else 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_resumes_to_the_same_model(tmp_path, sig):
+    epochs = 4
+    whole = workdir(tmp_path, "whole", **{"train.epochs": epochs})
+    assert train(whole).returncode == 0
+
+    cut = workdir(tmp_path, "cut", **{"train.epochs": epochs})
+    proc = start_train(cut)
+    deadline = time.monotonic() + 120
+    while checkpoint_epoch(cut) < 1 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    done = checkpoint_epoch(cut)
+    assert 1 <= done < epochs, "the run ended before it could be interrupted mid-way"
+    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    if sig == signal.SIGINT:
+        assert "Traceback" not in err and "interrupted" in err
+    assert not (cut / "data/model.pt").exists()  # no partial output for DVC or evaluate
+
+    resumed = train(cut)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (
+        f"resuming from data/train_checkpoint.pt: epoch {done} of {epochs} done" in resumed.stdout
+    )
+    a, b = state(whole), state(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    curves = [json.loads((r / "dvclive/train/metrics.json").read_text()) for r in (whole, cut)]
+    assert curves[0]["step"] == curves[1]["step"] == epochs - 1
+    assert curves[0]["val"] == curves[1]["val"]
+
+
+def test_checkpoint_from_other_params_is_not_resumed(tmp_path):
+    root = workdir(tmp_path, "p", **{"train.epochs": 1})
+    assert train(root).returncode == 0
+    write_params(root, **TINY, **{"train.epochs": 2, "train.lr": 0.002})
+    second = train(root)
+    assert "is from other inputs or params; starting afresh" in second.stdout
+    write_params(root, **TINY, **{"train.epochs": 3, "train.lr": 0.002})
+    third = train(root)  # more epochs with the same settings continue the finished run
+    assert "resuming from data/train_checkpoint.pt: epoch 2 of 3 done" in third.stdout
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
+    from stages import train as train_stage
+    from zimdb.errors import PipelineError
+    from zimdb.model import SentimentLSTM
+
+    root = workdir(tmp_path, "nan", **{"train.epochs": 1})
+    monkeypatch.chdir(root)
+    forward, calls = SentimentLSTM.forward, []
+
+    def poisoned(self, ids, lengths):  # the 3rd micro-batch, in the 2nd window, yields NaN
+        calls.append(1)
+        out = forward(self, ids, lengths)
+        return out * float("nan") if len(calls) == 3 else out
+
+    monkeypatch.setattr(SentimentLSTM, "forward", poisoned)
+    with pytest.raises(PipelineError, match=r"train loss became nan at epoch 1, step 2; lower"):
+        train_stage.main()
+    assert not (root / "data/model.pt").exists()
+
+
+def test_shards_are_disjoint_equal_and_change_with_the_epoch_order():
+    batches = list(range(11))
+    shards = [distributed.shard(batches, distributed.Group(r, r, 3)) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]
+    assert sorted(sum(shards, [])) == list(range(9))
+    assert distributed.shard(batches[::-1], distributed.Group(0, 0, 3)) != shards[0]
+
+
+def test_ddp_with_gloo_on_two_processes(tmp_path):
+    root = workdir(tmp_path, "ddp", **{"train.epochs": 1, "train.nproc_per_node": 2})
+    result = train(root)
+    assert result.returncode == 0, result.stderr
+    assert "launching 2 processes" in result.stdout
+    assert "device cpu x 2" in result.stdout
+    assert result.stdout.count("saved data/model.pt") == 1  # rank 0 alone logs and saves
+    curves = json.loads((root / "dvclive/train/metrics.json").read_text())
+    # The model after its only epoch, scored on the whole val split by one process, gives the
+    # val metrics the two processes reduced from their halves.
+    val_records = np.load(root / "data/encoded/val.npy")
+    val = Encoded.from_records(val_records, torch.device("cpu"))
+    out = logits(load(root / "data/model.pt"), val, 64, torch.autocast("cpu", enabled=False))
+    val_acc = ((out > 0) == (val.labels > 0.5)).float().mean().item()
+    val_loss = torch.nn.functional.binary_cross_entropy_with_logits(out, val.labels).item()
+    assert curves["val"]["acc"] == pytest.approx(val_acc, abs=1e-6)
+    assert curves["val"]["loss"] == pytest.approx(val_loss, rel=1e-4)
+    # 1600 reviews in batches of 32 = 50 batches, an even number: both processes see 25 each.
+    assert curves["samples_per_s"] * curves["epoch_time_s"] == pytest.approx(1600)
