@@ -105,7 +105,7 @@ def from_aclimdb(archive: str) -> dict[str, pd.DataFrame]:
     path = fetch(archive) if re.match(r"https?://", archive) else Path(archive)
     if not path.exists():
         raise PipelineError(f"download.archive: {path} does not exist")
-    rows, undecodable = [], []
+    rows, undecodable, empty = [], [], []
     for name, raw in tqdm(archive_reviews(path), desc=f"reading {path.name}", unit=" reviews"):
         split, label, review_id, rating = REVIEW.search(name).groups()
         try:
@@ -114,13 +114,16 @@ def from_aclimdb(archive: str) -> dict[str, pd.DataFrame]:
             text = raw.decode("utf-8", errors="replace")
             undecodable.append(name)
         if not text.strip():
-            raise PipelineError(f"{path}: review {name} is empty")
+            empty.append(name)  # no text to learn from or score: left out, and reported below
+            continue
         rows.append((split, int(review_id), int(rating), label, text))
     if undecodable:
         print(
             f"warning: {len(undecodable)} review(s) were not valid UTF-8 and were decoded with "
             f"replacement characters, e.g. {undecodable[0]}"
         )
+    if empty:
+        print(f"warning: left out {len(empty)} empty review file(s), e.g. {empty[0]}")
     df = pd.DataFrame(rows, columns=["split", "id", "rating", "label", "text"])
     frames = {}
     for split in SPLITS:

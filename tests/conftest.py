@@ -49,7 +49,6 @@ def python_env() -> dict[str, str]:
     """The environment for `dvc` and the stage commands: this interpreter's bin dir first."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.pop("DVC_NO_ANALYTICS", None)
     env["DVC_NO_ANALYTICS"] = "1"
     return env
 
@@ -65,33 +64,34 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return run([sys.executable, "-m", "dvc", *args], cwd, check)
 
 
+def make_project(root: Path, **overrides) -> Path:
+    """A git + DVC copy of the project's files (tracked or not ignored) with params overrides."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, root / name)
+    write_params(root, **overrides)
+    run(["git", "init", "-q"], root)
+    commit(root, "copy")
+    return root
+
+
+def commit(root: Path, message: str) -> None:
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], root)
+
+
 @pytest.fixture
 def project(tmp_path: Path):
-    """A git + DVC copy of the committed project in a temporary folder; call it with overrides."""
-
-    def make(**overrides) -> Path:
-        root = tmp_path / "project"
-        files = subprocess.run(
-            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
-        for name in files:
-            if (ROOT / name).is_file():
-                (root / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / name, root / name)
-        write_params(root, **overrides)
-        for cmd in (
-            ["git", "init", "-q"],
-            ["git", "add", "-A"],
-            ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
-        ):
-            run(cmd, root)
-        return root
-
-    return make
+    """Call with params overrides to get a fresh project copy in a temporary folder."""
+    return lambda **overrides: make_project(tmp_path / "project", **overrides)
 
 
 @pytest.fixture

@@ -159,3 +159,105 @@ def test_encode_writes_byte_identical_arrays(workdir):
     first = (workdir / "data/encoded/test.npy").read_bytes()
     encode.main()
     assert (workdir / "data/encoded/test.npy").read_bytes() == first
+
+
+# Bad input: each case ends in one PipelineError naming the culprit, or a reported warning.
+
+
+def _aclimdb(workdir, archive):
+    write_params(workdir, **{"download.source": "aclimdb", "download.archive": str(archive)})
+
+
+def test_corrupt_and_truncated_archives_are_named(workdir):
+    (workdir / "junk.tar.gz").write_bytes(b"\x1f\x8b this is not gzip data" * 10)
+    _aclimdb(workdir, workdir / "junk.tar.gz")
+    with pytest.raises(PipelineError, match=r"junk.tar.gz: not a readable tar archive"):
+        download.main()
+    whole = write_archive(workdir / "whole.tar.gz", per_label=40).read_bytes()
+    (workdir / "cut.tar.gz").write_bytes(whole[: len(whole) // 2])
+    _aclimdb(workdir, workdir / "cut.tar.gz")
+    with pytest.raises(PipelineError, match=r"cut.tar.gz: not a readable tar archive"):
+        download.main()
+    assert not (workdir / "data").exists()  # nothing written by a failed run
+
+
+def test_archive_without_a_split_is_named(workdir):
+    import tarfile
+
+    archive = write_archive(workdir / "a.tar.gz")
+    with tarfile.open(archive) as src, tarfile.open(workdir / "no_test.tar.gz", "w:gz") as dst:
+        for member in src:
+            if "/test/" not in member.name:
+                dst.addfile(member, src.extractfile(member))
+    _aclimdb(workdir, workdir / "no_test.tar.gz")
+    with pytest.raises(
+        PipelineError, match=r"no_test.tar.gz: no reviews under test/pos or test/neg"
+    ):
+        download.main()
+    (workdir / "empty_dir").mkdir()
+    _aclimdb(workdir, workdir / "empty_dir")
+    with pytest.raises(PipelineError, match=r"empty_dir: no reviews under train/pos"):
+        download.main()
+    _aclimdb(workdir, workdir / "missing.tar.gz")
+    with pytest.raises(PipelineError, match=r"download.archive: \S*missing.tar.gz does not exist"):
+        download.main()
+
+
+def test_empty_and_non_utf8_reviews_are_reported(workdir, capsys):
+    extra = {
+        "aclImdb/train/pos/900_8.txt": b"   \n",
+        "aclImdb/train/neg/901_1.txt": b"caf\xe9 was awful \xff",
+    }
+    _aclimdb(workdir, write_archive(workdir / "a.tar.gz", per_label=3, extra=extra))
+    download.main()
+    out = capsys.readouterr().out
+    assert "left out 1 empty review file(s), e.g. aclImdb/train/pos/900_8.txt" in out
+    assert "1 review(s) were not valid UTF-8" in out and "aclImdb/train/neg/901_1.txt" in out
+    train = pd.read_parquet("data/raw/train.parquet")
+    assert len(train) == 7 and "caf\ufffd was awful \ufffd" in train.text.tolist()
+
+
+def test_unreachable_modelscope_says_how_to_run_offline(workdir, monkeypatch):
+    from modelscope.msdatasets import MsDataset
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(MsDataset, "load", offline)
+    write_params(workdir, **{"download.source": "modelscope", "download.dataset": "imdb"})
+    with pytest.raises(PipelineError) as error:
+        download.main()
+    message = str(error.value)
+    assert (
+        "MsDataset.load('imdb', split='train') failed: ConnectionError: no route to host" in message
+    )
+    assert "-S download.source=aclimdb -S download.archive=" in message
+
+
+def test_damaged_artifacts_name_the_stage_to_rerun(workdir):
+    _aclimdb(workdir, write_archive(workdir / "a.tar.gz", per_label=10))
+    download.main()
+    write_params(workdir, **{"vocab.size": 20, "encode.max_len": 8})
+    clean.main()
+    vocab.main()
+    encode.main()
+    raw = workdir / "data/raw/train.parquet"
+    raw.write_bytes(raw.read_bytes()[:100])
+    with pytest.raises(
+        PipelineError, match=r"train.parquet: not a readable parquet.*dvc repro --force download"
+    ):
+        clean.main()
+    pd.DataFrame({"txt": ["x"], "label": [1]}).to_parquet("data/clean/train.parquet")
+    with pytest.raises(PipelineError, match=r"column 'text' is missing.*dvc repro --force clean"):
+        vocab.main()
+    npy = workdir / "data/encoded/val.npy"
+    npy.write_bytes(npy.read_bytes()[:-10])
+    with pytest.raises(
+        PipelineError, match=r"val.npy: not a readable .npy file.*dvc repro --force encode"
+    ):
+        read_encoded(npy, vocab_size=20)
+    with pytest.raises(PipelineError, match=r"out of range for the vocabulary.*--force encode"):
+        read_encoded(workdir / "data/encoded/test.npy", vocab_size=3)
+    (workdir / "data/vocab.txt").write_text("<pad>\n<pad>\n")
+    with pytest.raises(PipelineError, match=r"vocab.txt: expected one distinct word per line"):
+        read_vocab("data/vocab.txt")

@@ -1,11 +1,18 @@
-"""The whole pipeline through the real `dvc` CLI, in a temporary git + DVC copy of the project."""
+"""The whole pipeline through the real `dvc` CLI, in a temporary git + DVC copy of the project,
+and the predict command on the model it trains."""
 
 import json
+import sys
 
-from tests.conftest import dvc
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import SHARED_ARCHIVE, dvc, make_project, run
 
 SMALL = {
     "download.source": "aclimdb",
+    "download.archive": str(SHARED_ARCHIVE),
     "download.limit": 200,
     "train.epochs": 2,
     "train.hidden_dim": 16,
@@ -15,9 +22,17 @@ SMALL = {
 }
 
 
-def test_dvc_repro_builds_model_metrics_and_plots_then_runs_nothing(project, shared_archive):
-    root = project(**SMALL, **{"download.archive": str(shared_archive)})
-    first = dvc("repro", cwd=root)
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A project copy after one `dvc repro` on a 200-review subset, and that run's output."""
+    if not SHARED_ARCHIVE.exists():
+        pytest.skip(f"{SHARED_ARCHIVE} is absent (CI and the dev machines have it)")
+    root = make_project(tmp_path_factory.mktemp("e2e"), **SMALL)
+    return root, dvc("repro", cwd=root)
+
+
+def test_dvc_repro_builds_model_metrics_and_plots(built):
+    root, first = built
     for stage in ("download", "clean", "vocab", "encode", "train", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
     assert (root / "data/model.pt").stat().st_size > 0
@@ -25,7 +40,7 @@ def test_dvc_repro_builds_model_metrics_and_plots_then_runs_nothing(project, sha
     assert set(scores) == {"loss", "accuracy", "precision", "recall", "f1", "roc_auc"}
     assert 0 <= scores["accuracy"] <= 1
     curves = json.loads((root / "dvclive/train/metrics.json").read_text())
-    assert curves["step"] == 1 and "val" in curves  # two epochs logged: steps 0 and 1
+    assert curves["step"] == 1 and set(curves["val"]) == {"loss", "acc"}  # epochs at steps 0, 1
 
     shown = json.loads(dvc("metrics", "show", "--json", cwd=root).stdout)
     assert "dvclive/evaluate/metrics.json" in json.dumps(shown)
@@ -34,7 +49,74 @@ def test_dvc_repro_builds_model_metrics_and_plots_then_runs_nothing(project, sha
     for title in ("Learning curves", "Loss", "ROC", "Confusion matrix"):
         assert title in html
 
+
+def test_second_repro_runs_nothing(built):
+    root, _ = built
     second = dvc("repro", cwd=root)
     assert "Running stage" not in second.stdout
-    status = dvc("status", cwd=root)
-    assert "Data and pipelines are up to date." in status.stdout
+    assert "Data and pipelines are up to date." in dvc("status", cwd=root).stdout
+
+
+def predict(root, *args, check=True):
+    return run([sys.executable, "-m", "stages.predict", *args], root, check=check)
+
+
+def test_predict_equals_what_evaluate_computed(built):
+    root, _ = built
+    raw = pd.read_parquet(root / "data/raw/test.parquet")
+    evaluated = pd.read_parquet(root / "data/predictions/test.parquet")
+    rows = [0, 7, 101, len(raw) - 1]
+    raw.iloc[rows][["text"]].to_parquet(root / "some.parquet")
+    predict(root, "--file", "some.parquet", "--output", "out.csv")
+    out = pd.read_csv(root / "out.csv")
+    assert out.text.tolist() == raw.text.iloc[rows].tolist()
+    np.testing.assert_allclose(out.probability, evaluated.probability.iloc[rows], atol=1e-6)
+    assert (out.label == np.where(out.probability > 0.5, "positive", "negative")).all()
+
+
+def test_predict_arguments_and_txt_file(built):
+    root, _ = built
+    args = predict(root, "A wonderful, moving film.", "Dull and far too long.")
+    table = pd.read_csv(pd.io.common.StringIO(args.stdout))
+    assert table.columns.tolist() == ["text", "label", "probability"] and len(table) == 2
+    (root / "reviews.txt").write_text("A wonderful, moving film.\nDull and far too long.\n")
+    from_file = pd.read_csv(pd.io.common.StringIO(predict(root, "--file", "reviews.txt").stdout))
+    pd.testing.assert_frame_equal(from_file, table)
+
+
+def test_predict_gives_a_defined_answer_for_odd_inputs(built):
+    root, _ = built
+    odd = [
+        "",
+        "   \t ",
+        "<br /><p></p>",
+        "great " * 200_000,
+        "zzqx vbnm qwrtp",
+        "素晴らしい映画 отличный",
+    ]
+    pd.DataFrame({"text": odd}).to_parquet(root / "odd.parquet")
+    out = pd.read_csv(
+        pd.io.common.StringIO(predict(root, "--file", "odd.parquet").stdout), keep_default_na=False
+    )
+    assert len(out) == len(odd)
+    assert out.probability.between(0, 1).all() and out.label.isin(["positive", "negative"]).all()
+    # Nothing of the empty, blank, HTML-only and non-Latin reviews survives cleaning: one answer.
+    assert out.probability.iloc[[0, 1, 2, 5]].nunique() == 1
+
+
+def test_predict_errors_are_one_line(built):
+    root, _ = built
+    missing = predict(root, "--file", "nope.csv", check=False)
+    assert (
+        missing.returncode == 2
+        and missing.stderr.strip() == "error: --file nope.csv does not exist"
+    )
+    (root / "bad.csv").write_text("review\nfine\n")
+    bad = predict(root, "--file", "bad.csv", check=False)
+    assert bad.returncode == 2 and "no `text` column (found review)" in bad.stderr
+    (root / "data/model.pt").rename(root / "model.bak")
+    try:
+        untrained = predict(root, "hi", check=False)
+    finally:
+        (root / "model.bak").rename(root / "data/model.pt")
+    assert untrained.returncode == 2 and "run `dvc repro`" in untrained.stderr

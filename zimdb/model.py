@@ -119,7 +119,7 @@ def save(model: SentimentLSTM, path: str | Path) -> None:
 def load(path: str | Path, device: torch.device | str = "cpu") -> SentimentLSTM:
     path = Path(path)
     if not path.exists():
-        raise PipelineError(f"{path} not found: train the model first with `dvc repro train`")
+        raise PipelineError(f"{path} not found: train the model first (run `dvc repro`)")
     try:
         saved = torch.load(path, map_location=device, weights_only=True)
         model = SentimentLSTM(**saved["config"])
