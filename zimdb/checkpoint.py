@@ -1,5 +1,9 @@
 """The train stage's resumable state, kept between runs in data/train_checkpoint.pt.
 
+It is the stage's own file, not a DVC output: DVC never caches, pushes or restores it, so a
+clone that pulled the pipeline's outputs is up to date without it, and a killed run can leave
+it behind without DVC taking it for a result.
+
 Written atomically after every epoch. A run resumes from it only when it was made from the same
 inputs and train params (epochs aside, so raising train.epochs continues a finished run) and has
 epochs left to do; anything else starts afresh. Everything that decides the next epoch is kept —
