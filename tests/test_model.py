@@ -138,3 +138,10 @@ def test_saved_model_rebuilds_with_the_same_outputs(tmp_path):
     ids, lengths = torch.randint(2, 50, (3, 5)), torch.tensor([5, 2, 4])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, lengths), model(ids, lengths))
+
+
+def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path):
+    model = make_model()
+    save(model, tmp_path / "a.pt")
+    save(model, tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

@@ -33,8 +33,8 @@ def fingerprint(p: SimpleNamespace, inputs: list[Path], world_size: int) -> str:
 
 
 def save(state: dict, path: Path = PATH) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load(fingerprint: str, epochs: int, device: torch.device, path: Path = PATH) -> dict | None:

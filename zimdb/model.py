@@ -112,8 +112,10 @@ class SentimentLSTM(nn.Module):
 
 def save(model: SentimentLSTM, path: str | Path) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"config": model.config, "state_dict": state}, tmp)
+    # Through a file object: given a path, torch.save names the archive's root folder after the
+    # (random) temporary file, and the same weights would give different bytes every run.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"config": model.config, "state_dict": state}, f)
 
 
 def load(path: str | Path, device: torch.device | str = "cpu") -> SentimentLSTM:

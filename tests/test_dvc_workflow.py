@@ -1,0 +1,209 @@
+"""What DVC gives a user of this project, through the real `dvc` CLI on a small subset:
+exact reruns, determinism, comparisons, experiments, a shared cache, interrupted stages."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import SHARED_ARCHIVE, commit, dvc, make_project, python_env, run, write_params
+from tests.test_dvc_yaml import expected_code_deps, expected_params, source_files
+from zimdb.params import SCHEMA
+
+SMALL = {
+    "download.source": "aclimdb",
+    "download.archive": str(SHARED_ARCHIVE),
+    "download.limit": 100,
+    "train.epochs": 1,
+    "train.hidden_dim": 8,
+    "train.embedding_dim": 8,
+    "vocab.size": 300,
+    "encode.max_len": 32,
+}
+STAGES = ["download", "clean", "vocab", "encode", "train", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project after one `dvc repro`, with dvc.lock and the metrics committed as a baseline."""
+    if not SHARED_ARCHIVE.exists():
+        pytest.skip(f"{SHARED_ARCHIVE} is absent (CI and the dev machines have it)")
+    root = make_project(tmp_path_factory.mktemp("workflow") / "project", **SMALL)
+    dvc("repro", cwd=root)
+    commit(root, "baseline run")
+    return root
+
+
+@pytest.fixture
+def clean_project(project):
+    yield project
+    run(["git", "reset", "-q", "--hard", "HEAD"], project)
+    run(["git", "clean", "-qfd", "-e", "data/"], project)
+    dvc("checkout", "--force", cwd=project)
+
+
+def ran(result: subprocess.CompletedProcess) -> set[str]:
+    return {s for s in STAGES if f"Running stage '{s}'" in result.stdout}
+
+
+def changed_value(key: str, value):
+    """A different value that params.yaml still accepts."""
+    field = SCHEMA[key.split(".")[0]][key.split(".")[1]]
+    if field.choices:
+        return next(c for c in field.choices if c != value)
+    if field.kind is bool:
+        return not value
+    if field.kind is str:
+        return value + "-changed"
+    if field.kind is float and field.hi is not None:
+        return value / 2 if value else field.hi / 2
+    return value + 1
+
+
+def status(root, capfd) -> set[str]:
+    from dvc.cli import main as dvc_main  # the CLI's own entry point, in-process for speed
+
+    capfd.readouterr()
+    assert dvc_main(["--cd", str(root), "status", "--json"]) == 0
+    return set(json.loads(capfd.readouterr().out or "{}"))
+
+
+def test_status_names_exactly_the_stages_that_read_each_key_and_file(clean_project, capfd):
+    root = clean_project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    readers = expected_params()
+    for section, values in params.items():
+        for name, value in values.items():
+            key = f"{section}.{name}"
+            original = (root / "params.yaml").read_text()
+            write_params(root, **(SMALL | {key: changed_value(key, value)}))
+            expected = {s for s, keys in readers.items() if key in keys}
+            assert status(root, capfd) == expected, key
+            (root / "params.yaml").write_text(original)
+    importers = expected_code_deps()
+    for path in source_files():
+        original = (root / path).read_text()
+        (root / path).write_text(original + "\n# touched\n")
+        assert status(root, capfd) == {s for s, deps in importers.items() if path in deps}, path
+        (root / path).write_text(original)
+    assert status(root, capfd) == set()
+
+
+def test_real_reruns_stop_where_bytes_stop_changing(clean_project):
+    root = clean_project
+    write_params(root, **(SMALL | {"train.lr": 0.003}))
+    assert ran(dvc("repro", cwd=root)) == {"train", "evaluate"}
+
+    diff = json.loads(dvc("params", "diff", "--json", cwd=root).stdout)
+    assert list(diff["params.yaml"]) == ["train.lr"]
+    assert diff["params.yaml"]["train.lr"]["old"] == 0.001
+    assert diff["params.yaml"]["train.lr"]["new"] == 0.003
+    metrics = json.loads(dvc("metrics", "diff", "--json", cwd=root).stdout)
+    loss = metrics["dvclive/evaluate/metrics.json"]["loss"]  # only changed metrics are listed
+    assert loss["diff"] == pytest.approx(loss["new"] - loss["old"]) and loss["diff"] != 0
+    dvc("plots", "diff", "--out", "plots_diff", cwd=root)
+    assert "ROC" in (root / "plots_diff/index.html").read_text()
+
+    # download.dataset is not used with source aclimdb: download reruns, writes the same bytes,
+    # and DVC stops there.
+    write_params(root, **(SMALL | {"train.lr": 0.003, "download.dataset": "other"}))
+    result = dvc("repro", cwd=root)
+    assert ran(result) == {"download"}
+    assert "Stage 'clean' didn't change, skipping" in result.stdout
+
+    write_params(
+        root, **(SMALL | {"train.lr": 0.003, "download.dataset": "other", "split.seed": 7})
+    )
+    assert ran(dvc("repro", cwd=root)) == {"clean", "vocab", "encode", "train", "evaluate"}
+
+
+def lock_hashes(root) -> dict[str, str]:
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    return {o["path"]: o["md5"] for s in lock.values() for o in s.get("outs", [])}
+
+
+def test_force_rerun_from_scratch_is_byte_identical(clean_project):
+    root = clean_project
+    before = lock_hashes(root)
+    result = dvc("repro", "--force", cwd=root)
+    assert ran(result) == set(STAGES)
+    after = lock_hashes(root)
+    # dvclive/train records epoch times, which no two runs share; everything else is equal.
+    timed = {p for p in before if p.startswith("dvclive/train")}
+    assert {p: h for p, h in after.items() if p not in timed} == {
+        p: h for p, h in before.items() if p not in timed
+    }
+    assert "data/model.pt" in after and "dvclive/evaluate/metrics.json" in after
+
+
+def test_experiments_and_a_queued_grid(clean_project):
+    root = clean_project
+    dvc("exp", "run", "-S", "train.lr=0.002", "-S", "train.batch_size=32", cwd=root)
+    dvc("exp", "run", "--queue", "-S", "train.lr=0.001,0.003", cwd=root)
+    dvc("queue", "start", cwd=root)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        queue = dvc("queue", "status", cwd=root).stdout
+        if "Queued" not in queue and "Running" not in queue:
+            break
+        time.sleep(2)
+    assert "Failed" not in queue, queue
+    dvc("queue", "stop", cwd=root, check=False)
+    shown = json.loads(dvc("exp", "show", "--json", cwd=root).stdout)
+    experiments = [e for baseline in shown for e in (baseline.get("experiments") or [])]
+    runs = []
+    for experiment in experiments:
+        for exp_run in experiment["revs"]:
+            data = exp_run["data"]
+            lr = data["params"]["params.yaml"]["data"]["train"]["lr"]
+            accuracy = data["metrics"]["dvclive/evaluate/metrics.json"]["data"]["accuracy"]
+            runs.append((lr, 0 <= accuracy <= 1))
+    assert sorted(runs) == [(0.001, True), (0.002, True), (0.003, True)]
+
+
+def test_push_then_pull_in_a_fresh_clone_needs_no_rerun(clean_project, tmp_path):
+    root = clean_project
+    dvc("remote", "add", "-d", "shared", str(tmp_path / "remote"), cwd=root)
+    commit(root, "remote")
+    dvc("push", cwd=root)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path)
+    dvc("pull", cwd=clone)
+    assert "Running stage" not in dvc("repro", cwd=clone).stdout
+    assert "Data and pipelines are up to date." in dvc("status", cwd=clone).stdout
+    shown = [json.loads(dvc("metrics", "show", "--json", cwd=r).stdout) for r in (root, clone)]
+    assert shown[0] == shown[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_train_leaves_nothing_dvc_would_use(clean_project, sig):
+    root = clean_project
+    write_params(root, **(SMALL | {"train.epochs": 40, "train.lr": 0.002}))
+    checkpoint = root / "data/train_checkpoint.pt"
+    checkpoint.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=root,
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # train has finished its first epoch once the checkpoint exists
+    os.killpg(proc.pid, sig)  # as Ctrl-C does: the whole foreground process group
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert not (root / "data/model.pt").exists()
+    assert "train" in dvc("status", "--json", cwd=root).stdout
+    result = dvc("repro", cwd=root)
+    assert ran(result) == {"train", "evaluate"}
+    assert "resuming from data/train_checkpoint.pt" in result.stdout
+    assert "Data and pipelines are up to date." in dvc("status", cwd=root).stdout
