@@ -90,9 +90,8 @@ def main() -> None:
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=p.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
-    rng = np.random.default_rng(
-        p.seed
-    )  # batch order: the same in every process, each takes a shard
+    # Batch order: the same in every process (each takes its shard of it).
+    rng = np.random.default_rng(p.seed)
     torch.manual_seed(p.seed + group.rank)  # dropout: different in every process
 
     inputs = [VOCAB, ENCODED / "train.npy", ENCODED / "val.npy"]

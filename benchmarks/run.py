@@ -1,0 +1,251 @@
+"""Benchmarks on the real data: `uv run python -m benchmarks.run [--archive PATH] [--steps N]`.
+
+Prints measured figures only: data stages wall time; train and evaluation speed of the project's
+loop next to a reference loop written the original way (a Dataset that cleans and tokenises in
+__getitem__, every batch padded to max_len, a default DataLoader), as ratios from the same run;
+peak memory with and without gradient checkpointing; on CUDA, AMP vs fp32 and accumulation on vs
+off; and the loop's achieved LSTM FLOP/s against a matmul measured in the same run.
+"""
+
+import argparse
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from stages.train import accumulate
+from zimdb.artifacts import read_encoded, read_vocab
+from zimdb.batching import Encoded, batch_indices, logits
+from zimdb.device import matmul_flops
+from zimdb.model import SentimentLSTM
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHIVE = ROOT.parent / "shared/data/aclImdb_v1_labeled.tar.gz"
+DATA_STAGES = ["download", "clean", "vocab", "encode"]
+BATCH, ACCUM = 64, 4
+
+
+def data_stages(archive: Path, work: Path) -> dict[str, float]:
+    """Wall time of each data stage as a process, local archive to encoded arrays."""
+    for name in ("stages", "zimdb"):
+        shutil.copytree(ROOT / name, work / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["download"].update(source="aclimdb", archive=str(archive), limit=0)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    times = {}
+    for stage in DATA_STAGES:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", f"stages.{stage}"], cwd=work, check=True, capture_output=True
+        )
+        times[stage] = time.perf_counter() - start
+    return times
+
+
+class OriginalDataset(Dataset):
+    """The original script's way: clean and tokenise on every access, pad every review to 250."""
+
+    def __init__(self, texts, labels, word_to_id, max_len):
+        self.texts, self.labels, self.word_to_id, self.max_len = texts, labels, word_to_id, max_len
+
+    def __len__(self):
+        return len(self.texts)
+
+    def __getitem__(self, i):
+        text = re.sub(r"<[^>]*>", " ", self.texts[i])
+        text = re.sub(r"[^a-zA-Z']", " ", text).lower()
+        ids = [self.word_to_id.get(w, 1) for w in text.split()][: self.max_len]
+        ids += [0] * (self.max_len - len(ids))
+        return torch.tensor(ids), torch.tensor(self.labels[i], dtype=torch.float32)
+
+
+class OriginalModel(nn.Module):
+    """Same size as SentimentLSTM; reads the final hidden state, after the padding."""
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, 128, padding_idx=0)
+        self.lstm = nn.LSTM(128, 256, batch_first=True)
+        self.fc = nn.Linear(256, 1)
+
+    def forward(self, ids):
+        _, (h, _) = self.lstm(self.embedding(ids))
+        return self.fc(h[-1]).squeeze(-1)
+
+
+def reference_train(loader, steps: int) -> float:
+    """Samples/s of the original loop over `steps` micro-batches."""
+    torch.manual_seed(0)
+    model = OriginalModel(10000)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    it, seen = iter(loader), 0
+    start = time.perf_counter()
+    for step in range(steps):
+        ids, y = next(it)
+        loss = F.binary_cross_entropy_with_logits(model(ids), y) / ACCUM
+        loss.backward()
+        if (step + 1) % ACCUM == 0:
+            opt.step()
+            opt.zero_grad()
+        seen += len(y)
+    return seen / (time.perf_counter() - start)
+
+
+def reference_eval(loader, batches: int) -> float:
+    model = OriginalModel(10000).eval()
+    it, seen = iter(loader), 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(batches):
+            ids, y = next(it)
+            model(ids)
+            seen += len(y)
+    return seen / (time.perf_counter() - start)
+
+
+def project_train(train: Encoded, steps: int, checkpointing=False, autocast=None, accum=ACCUM):
+    """Samples/s, tokens/s of the train stage's loop (bucketed batches, accumulate()) over `steps`."""
+    torch.manual_seed(0)
+    device = train.ids.device
+    model = SentimentLSTM(10000).to(device)
+    model.grad_checkpointing = checkpointing
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast is not None)
+    batches = batch_indices(train.lengths_np, BATCH, np.random.default_rng(0))[:steps]
+    seen = tokens = 0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(0, len(batches), accum):
+        micro = [train.batch(idx) for idx in batches[i : i + accum]]
+        accumulate(model, micro, autocast or nullcontext(), scaler)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        seen += sum(len(y) for _, _, y in micro)
+        tokens += sum(ids.numel() for ids, _, _ in micro)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return seen / seconds, tokens / seconds
+
+
+def project_eval(data: Encoded) -> float:
+    model = SentimentLSTM(10000).to(data.ids.device)
+    start = time.perf_counter()
+    logits(model, data, 256, nullcontext())
+    return len(data) / (time.perf_counter() - start)
+
+
+def peak_rss_mb(checkpointing: bool, encoded: Path, steps: int) -> float:
+    """Peak RSS of a fresh process running `steps` train micro-batches."""
+    code = (
+        "import resource, sys, torch; from benchmarks.run import *; "
+        f"t = Encoded.from_records(read_encoded('{encoded}', 10000), torch.device('cpu')); "
+        f"project_train(t, {steps}, checkpointing={checkpointing}); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--archive", type=Path, default=ARCHIVE)
+    parser.add_argument("--steps", type=int, default=48, help="micro-batches timed per loop")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(
+        f"machine: {torch.get_num_threads()} CPU threads, torch {torch.__version__}, device {device}"
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        times = data_stages(args.archive, work)
+        print("\n(a) data stages, 50,000 reviews, archive -> encoded arrays")
+        for stage, seconds in times.items():
+            print(f"  {stage:<10} {seconds:6.1f} s")
+        print(f"  {'total':<10} {sum(times.values()):6.1f} s")
+
+        vocab = read_vocab(work / "data/vocab.txt")
+        records = read_encoded(work / "data/encoded/train.npy", len(vocab))
+        train = Encoded.from_records(records, device)
+        raw = pd.read_parquet(work / "data/clean/train.parquet")  # same reviews, original loader
+        word_to_id = {w: i for i, w in enumerate(vocab)}
+        original = OriginalDataset(raw.text.tolist(), raw.label.tolist(), word_to_id, 250)
+        shuffled = DataLoader(original, batch_size=BATCH, shuffle=True)
+        test = Encoded.from_records(
+            read_encoded(work / "data/encoded/test.npy", len(vocab)), device
+        )
+
+        print(f"\n(b) training, {args.steps} micro-batches of {BATCH}, accumulation {ACCUM}")
+        ref = reference_train(shuffled, args.steps)
+        ours, tokens_per_s = project_train(train, args.steps)
+        print(f"  reference loop  {ref:7.0f} samples/s  (epoch of 20,000: {20000 / ref:5.0f} s)")
+        print(f"  project loop    {ours:7.0f} samples/s  (epoch of 20,000: {20000 / ours:5.0f} s)")
+        print(f"  ratio           {ours / ref:7.2f} x")
+        eval_batches = 20
+        ref_eval = reference_eval(DataLoader(original, batch_size=256), eval_batches)
+        ours_eval = project_eval(test.subset(np.arange(eval_batches * 256)))
+        print(
+            f"  evaluation: reference {ref_eval:.0f}/s, project {ours_eval:.0f}/s, ratio {ours_eval / ref_eval:.2f} x"
+        )
+
+        flops_per_token = 3 * SentimentLSTM(10000).flops_per_token()
+        dtype = torch.float32
+        peak = matmul_flops(device, dtype)
+        achieved = flops_per_token * tokens_per_s
+        print("\n(e) utilisation")
+        print(
+            f"  matmul {peak / 1e9:.0f} GFLOP/s; LSTM loop {achieved / 1e9:.0f} GFLOP/s = {achieved / peak:.0%}"
+        )
+
+        print("\n(c) peak memory")
+        if device.type == "cuda":
+            for ckpt in (False, True):
+                torch.cuda.reset_peak_memory_stats()
+                project_train(train, 8, checkpointing=ckpt, accum=1)
+                print(
+                    f"  checkpointing {ckpt!s:<5}: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+                )
+        else:
+            encoded = work / "data/encoded/train.npy"
+            for ckpt in (False, True):
+                print(
+                    f"  checkpointing {ckpt!s:<5}: peak RSS {peak_rss_mb(ckpt, encoded, 8):.0f} MiB"
+                )
+
+        print("\n(d) CUDA: AMP and accumulation")
+        if device.type != "cuda":
+            print("  no CUDA device here: not measured")
+        else:
+            fp16 = torch.autocast("cuda", dtype=torch.float16)
+            fp32_rate, _ = project_train(train, args.steps)
+            amp_rate, _ = project_train(train, args.steps, autocast=fp16)
+            one_rate, _ = project_train(train, args.steps, autocast=fp16, accum=1)
+            print(f"  fp32 {fp32_rate:.0f}/s, AMP {amp_rate:.0f}/s: {amp_rate / fp32_rate:.2f} x")
+            print(f"  AMP epoch of 25,000: {25000 / amp_rate:.1f} s")
+            print(f"  accumulation 4 {amp_rate:.0f}/s vs 1 {one_rate:.0f}/s")
+    print(
+        f"\npeak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
