@@ -165,6 +165,53 @@ def peak_rss_mb(checkpointing: bool, encoded: Path, steps: int) -> float:
     return int(out.stdout.split()[-1]) / 1024
 
 
+def noop_repro(archive: Path, work: Path, repeats: int = 3) -> list[float]:
+    """Wall time of `dvc repro` when nothing changed, in a small git + DVC copy of the project."""
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    for name in files.stdout.split():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, work / name)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["download"].update(source="aclimdb", archive=str(archive), limit=200)
+    params["train"].update(epochs=1, hidden_dim=16, embedding_dim=16)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "b"]):
+        subprocess.run(cmd, cwd=work, check=True)
+    dvc = [sys.executable, "-m", "dvc", "repro"]
+    subprocess.run(dvc, cwd=work, check=True, capture_output=True)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = subprocess.run(dvc, cwd=work, check=True, capture_output=True, text=True).stdout
+        times.append(time.perf_counter() - start)
+        assert "Running stage" not in out, out
+    return times
+
+
+def predict_speed(work: Path) -> tuple[float, float] | None:
+    """Seconds to the first prediction, and reviews/s over the 25,000 test reviews, using the
+    project's trained model (None when data/model.pt does not exist yet)."""
+    if not (ROOT / "data/model.pt").exists():
+        return None
+    cmd = [sys.executable, "-m", "stages.predict"]
+    start = time.perf_counter()
+    subprocess.run([*cmd, "A wonderful film."], cwd=ROOT, check=True, capture_output=True)
+    first = time.perf_counter() - start
+    reviews = pd.read_parquet(work / "data/raw/test.parquet")[["text"]]
+    reviews.to_parquet(work / "reviews.parquet")
+    start = time.perf_counter()
+    subprocess.run(
+        [*cmd, "--file", str(work / "reviews.parquet"), "--output", str(work / "out.csv")],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return first, len(reviews) / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
@@ -242,6 +289,17 @@ def main() -> None:
             print(f"  fp32 {fp32_rate:.0f}/s, AMP {amp_rate:.0f}/s: {amp_rate / fp32_rate:.2f} x")
             print(f"  AMP epoch of 25,000: {25000 / amp_rate:.1f} s")
             print(f"  accumulation 4 {amp_rate:.0f}/s vs 1 {one_rate:.0f}/s")
+        print("\n(f) dvc repro with nothing to do (small project copy)")
+        times = noop_repro(args.archive, work / "noop")
+        print("  " + ", ".join(f"{t:.2f} s" for t in times))
+        print("\n(g) predict")
+        speed = predict_speed(work)
+        if speed is None:
+            print("  data/model.pt does not exist: run `dvc repro` first")
+        else:
+            print(
+                f"  start to first prediction {speed[0]:.1f} s; 25,000 reviews from a file: {speed[1]:.0f} reviews/s"
+            )
     print(
         f"\npeak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
     )

@@ -5,7 +5,6 @@ killed stage never leaves a half-written artifact. Every read checks the layout 
 stage to rerun when an artifact was damaged or edited by hand.
 """
 
-import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -118,7 +117,3 @@ def read_encoded(path: str | Path, vocab_size: int, stage: str = "encode") -> np
         raise _damaged(path, stage, "lengths, labels or ids out of range for the vocabulary")
     return records
 
-
-def write_json(obj: object, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
