@@ -94,6 +94,31 @@ def project(tmp_path: Path):
     return lambda **overrides: make_project(tmp_path / "project", **overrides)
 
 
+# A 100-review-per-split subset with a tiny model: the whole pipeline in well under a minute.
+SMALL = {
+    "download.source": "aclimdb",
+    "download.archive": str(SHARED_ARCHIVE),
+    "download.limit": 100,
+    "train.epochs": 2,
+    "train.hidden_dim": 8,
+    "train.embedding_dim": 8,
+    "vocab.size": 300,
+    "encode.max_len": 32,
+}
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """A project copy after one `dvc repro` on SMALL, committed (dvc.lock and metrics) as a
+    baseline, and that run's output. Tests that change it restore it (see clean_project)."""
+    if not SHARED_ARCHIVE.exists():
+        pytest.skip(f"{SHARED_ARCHIVE} is absent (CI and the dev machines have it)")
+    root = make_project(tmp_path_factory.mktemp("built") / "project", **SMALL)
+    first = dvc("repro", cwd=root)
+    commit(root, "baseline run")
+    return root, first
+
+
 @pytest.fixture
 def shared_archive() -> Path:
     if not SHARED_ARCHIVE.exists():

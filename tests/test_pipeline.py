@@ -6,29 +6,8 @@ import sys
 
 import numpy as np
 import pandas as pd
-import pytest
 
-from tests.conftest import SHARED_ARCHIVE, dvc, make_project, run
-
-SMALL = {
-    "download.source": "aclimdb",
-    "download.archive": str(SHARED_ARCHIVE),
-    "download.limit": 200,
-    "train.epochs": 2,
-    "train.hidden_dim": 16,
-    "train.embedding_dim": 16,
-    "vocab.size": 500,
-    "encode.max_len": 64,
-}
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A project copy after one `dvc repro` on a 200-review subset, and that run's output."""
-    if not SHARED_ARCHIVE.exists():
-        pytest.skip(f"{SHARED_ARCHIVE} is absent (CI and the dev machines have it)")
-    root = make_project(tmp_path_factory.mktemp("e2e"), **SMALL)
-    return root, dvc("repro", cwd=root)
+from tests.conftest import dvc, run
 
 
 def test_dvc_repro_builds_model_metrics_and_plots(built):

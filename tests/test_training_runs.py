@@ -25,7 +25,7 @@ TINY = {
 }
 
 
-def make_data(root, n_train=1600, n_val=200, vocab_size=60, max_len=40):
+def make_data(root, n_train=960, n_val=160, vocab_size=60, max_len=40):
     """Encoded splits where words 2-5 are positive, 6-9 negative: learnable in an epoch."""
     rng = np.random.default_rng(0)
     write_vocab(
@@ -97,12 +97,19 @@ def checkpoint_epoch(root) -> int:
     return torch.load(path, weights_only=True)["epoch"] if path.exists() else 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_interrupted_run_resumes_to_the_same_model(tmp_path, sig):
-    epochs = 4
-    whole = workdir(tmp_path, "whole", **{"train.epochs": epochs})
-    assert train(whole).returncode == 0
+EPOCHS = 3
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = workdir(tmp_path_factory.mktemp("whole"), "whole", **{"train.epochs": EPOCHS})
+    assert train(root).returncode == 0
+    return root
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_resumes_to_the_same_model(tmp_path, uninterrupted, sig):
+    epochs, whole = EPOCHS, uninterrupted
     cut = workdir(tmp_path, "cut", **{"train.epochs": epochs})
     proc = start_train(cut)
     deadline = time.monotonic() + 120
@@ -185,5 +192,5 @@ def test_ddp_with_gloo_on_two_processes(tmp_path):
     val_loss = torch.nn.functional.binary_cross_entropy_with_logits(out, val.labels).item()
     assert curves["val"]["acc"] == pytest.approx(val_acc, abs=1e-6)
     assert curves["val"]["loss"] == pytest.approx(val_loss, rel=1e-4)
-    # 1600 reviews in batches of 32 = 50 batches, an even number: both processes see 25 each.
-    assert curves["samples_per_s"] * curves["epoch_time_s"] == pytest.approx(1600)
+    # 960 reviews in batches of 32 = 30 batches, an even number: both processes see 15 each.
+    assert curves["samples_per_s"] * curves["epoch_time_s"] == pytest.approx(960)

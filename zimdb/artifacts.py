@@ -116,4 +116,3 @@ def read_encoded(path: str | Path, vocab_size: int, stage: str = "encode") -> np
     if bad:
         raise _damaged(path, stage, "lengths, labels or ids out of range for the vocabulary")
     return records
-

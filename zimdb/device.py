@@ -18,12 +18,13 @@ def resolve(name: str, key: str) -> torch.device:
     return torch.device(name)
 
 
-def matmul_flops(
-    device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.5
-) -> float:
+def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
     """FLOP/s of square matmuls measured now: the ceiling a training loop is compared with."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    size = 4096 if device.type == "cuda" else 1024  # big enough to keep a GPU busy per launch
+    # Its own generator: drawing from the global one would shift dropout masks after a resume.
+    gen = torch.Generator(device).manual_seed(0)
+    a = torch.rand(size, size, device=device, generator=gen).to(dtype)
+    b = torch.rand(size, size, device=device, generator=gen).to(dtype)
     a @ b  # warm-up: kernel selection and thread pool start
     n, start = 0, time.perf_counter()
     while True:
