@@ -51,7 +51,7 @@ def status(root) -> set[str]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return set(repo.status())
+        return {name.rsplit(":", 1)[-1] for name in repo.status()}
 
 
 def test_status_names_exactly_the_stages_that_read_each_key_and_file(clean_project):
@@ -161,7 +161,8 @@ def test_push_then_pull_in_a_fresh_clone_needs_no_rerun(clean_project, tmp_path)
     assert shown[0] == shown[1]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+# Ctrl-C through DVC here; SIGKILL of the stage itself is in test_training_runs.
+@pytest.mark.parametrize("sig", [signal.SIGINT])
 def test_interrupted_train_leaves_nothing_dvc_would_use(clean_project, sig):
     root = clean_project
     # A learning rate of its own per signal: DVC's run-cache would otherwise restore the run
