@@ -8,6 +8,7 @@ off; and the loop's achieved LSTM FLOP/s against a matmul measured in the same r
 """
 
 import argparse
+import os
 import re
 import resource
 import shutil
@@ -181,11 +182,15 @@ def noop_repro(archive: Path, work: Path, repeats: int = 3) -> list[float]:
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "b"]):
         subprocess.run(cmd, cwd=work, check=True)
     dvc = [sys.executable, "-m", "dvc", "repro"]
-    subprocess.run(dvc, cwd=work, check=True, capture_output=True)
+    # The stages run as `python -m ...`: this interpreter's environment must come first on PATH.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    subprocess.run(dvc, cwd=work, check=True, capture_output=True, env=env)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        out = subprocess.run(dvc, cwd=work, check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            dvc, cwd=work, check=True, capture_output=True, text=True, env=env
+        ).stdout
         times.append(time.perf_counter() - start)
         assert "Running stage" not in out, out
     return times
