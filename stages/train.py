@@ -150,12 +150,13 @@ def main() -> None:
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            window_size = sum(len(idx) for idx in window)
             loss_sum += window_loss
             correct += window_correct
-            seen += sum(len(idx) for idx in window)
+            seen += window_size
             tokens += sum(ids.numel() for ids, _, _ in micro_batches)
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{window_loss.item() / sum(map(len, window)):.4f}")
+                bar.set_postfix(loss=f"{window_loss.item() / window_size:.4f}")
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -189,10 +190,10 @@ def main() -> None:
                 f"val loss is {metrics['val/loss']} after epoch {epoch}; lower train.lr"
             )
         history.append(metrics)
-        if metrics["val/acc"] > best["acc"]:
-            best = {"epoch": epoch, "acc": metrics["val/acc"], "state": raw_model.state_dict()}
-            best["state"] = {k: v.detach().clone() for k, v in best["state"].items()}
-        if group.is_main:
+        if group.is_main:  # rank 0 alone keeps the best weights, checkpoints and saves
+            if metrics["val/acc"] > best["acc"]:
+                state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
+                best = {"epoch": epoch, "acc": metrics["val/acc"], "state": state}
             for name, value in metrics.items():
                 live.log_metric(name, value)
             live.next_step()
