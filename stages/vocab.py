@@ -15,7 +15,7 @@ TRAIN, OUT = Path("data/clean/train.parquet"), Path("data/vocab.txt")
 def main() -> None:
     p = params.load("vocab")
     train = read_table(TRAIN, "clean", {"text": "str"})
-    counts = text.tokenize(train.text).explode().dropna().value_counts()
+    counts = text.word_counts(train.text)
     # Ties are broken alphabetically, so the vocabulary never depends on row order.
     ranked = counts.rename("count").rename_axis("word").reset_index()
     ranked = ranked.sort_values(["count", "word"], ascending=[False, True], kind="stable")

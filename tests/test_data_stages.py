@@ -130,6 +130,14 @@ def test_clean_split_is_stratified_and_deterministic(workdir):
     pd.testing.assert_frame_equal(pd.read_parquet("data/clean/val.parquet"), val)
 
 
+def test_clean_refuses_a_split_that_leaves_a_label_out_of_train_or_val(workdir):
+    _raw(workdir, {"text": ["good", "fine", "nice", "bad"], "label": [1, 1, 1, 0]})
+    write_params(workdir, **{"split.val_fraction": 0.25})
+    with pytest.raises(PipelineError, match=r"val_fraction=0.25: cannot split the 1 train review"):
+        clean.main()
+    assert not (workdir / "data/clean").exists()
+
+
 def test_vocab_is_most_frequent_with_pad_unk_and_alphabetical_ties(workdir):
     (workdir / "data/clean").mkdir(parents=True)
     texts = ["b a c", "c b", "c", "z y x"]  # c:3 b:2 then a, x, y, z tie at 1

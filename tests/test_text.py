@@ -15,8 +15,14 @@ def test_clean_drops_non_ascii_letters_as_the_original_did():
     assert text.clean(pd.Series(["café naïve 東京"])).tolist() == ["caf na ve"]
 
 
-def test_tokenize_gives_empty_list_for_empty_review():
-    assert text.tokenize(pd.Series(["a b", ""])).tolist() == [["a", "b"], []]
+def test_split_words_gives_no_word_for_an_empty_review():
+    words, counts = text.split_words(pd.Series(["a b", "", "c"]))
+    assert words.to_pylist() == ["a", "b", "c"] and counts.tolist() == [2, 0, 1]
+
+
+def test_word_counts():
+    counts = text.word_counts(pd.Series(["a b a", "", "b a"]))
+    assert counts.to_dict() == {"a": 3, "b": 2}
 
 
 VOCAB = ["<pad>", "<unk>", "good", "bad", "film"]
