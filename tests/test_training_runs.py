@@ -1,5 +1,7 @@
 """The train stage as a process: resuming after SIGINT/SIGKILL, NaN detection, DDP with gloo."""
 
+import contextlib
+import io
 import json
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from stages import train as train_stage
 from tests.conftest import ROOT, python_env, write_params
 from zimdb import distributed
 from zimdb.artifacts import encoded_dtype, write_encoded, write_vocab
@@ -56,10 +59,13 @@ def start_train(root) -> subprocess.Popen:
     )
 
 
-def train(root) -> subprocess.CompletedProcess:
-    proc = start_train(root)
-    out, err = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+def train_here(root) -> str:
+    """The train stage run in this process, and what it printed: for tests of what it computes
+    and resumes, where a process of its own would only add seconds of imports."""
+    out = io.StringIO()
+    with contextlib.chdir(root), contextlib.redirect_stdout(out):
+        train_stage.main()
+    return out.getvalue()
 
 
 def workdir(tmp_path, name, **overrides):
@@ -103,7 +109,7 @@ EPOCHS = 3
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     root = workdir(tmp_path_factory.mktemp("whole"), "whole", **{"train.epochs": EPOCHS})
-    assert train(root).returncode == 0
+    train_here(root)
     return root
 
 
@@ -124,11 +130,8 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, uninterrupted, sig)
         assert "Traceback" not in err and "interrupted" in err
     assert not (cut / "data/model.pt").exists()  # no partial output for DVC or evaluate
 
-    resumed = train(cut)
-    assert resumed.returncode == 0, resumed.stderr
-    assert (
-        f"resuming from data/train_checkpoint.pt: epoch {done} of {epochs} done" in resumed.stdout
-    )
+    resumed = train_here(cut)
+    assert f"resuming from data/train_checkpoint.pt: epoch {done} of {epochs} done" in resumed
     a, b = state(whole), state(cut)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     curves = [json.loads((r / "dvclive/train/metrics.json").read_text()) for r in (whole, cut)]
@@ -138,17 +141,15 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, uninterrupted, sig)
 
 def test_checkpoint_from_other_params_is_not_resumed(tmp_path):
     root = workdir(tmp_path, "p", **{"train.epochs": 1})
-    assert train(root).returncode == 0
+    train_here(root)
     write_params(root, **TINY, **{"train.epochs": 2, "train.lr": 0.002})
-    second = train(root)
-    assert "is from other inputs or params; starting afresh" in second.stdout
+    assert "is from other inputs or params; starting afresh" in train_here(root)
     write_params(root, **TINY, **{"train.epochs": 3, "train.lr": 0.002})
-    third = train(root)  # more epochs with the same settings continue the finished run
-    assert "resuming from data/train_checkpoint.pt: epoch 2 of 3 done" in third.stdout
+    # More epochs with the same settings continue the finished run.
+    assert "resuming from data/train_checkpoint.pt: epoch 2 of 3 done" in train_here(root)
 
 
 def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
-    from stages import train as train_stage
     from zimdb.errors import PipelineError
     from zimdb.model import SentimentLSTM
 
@@ -175,13 +176,16 @@ def test_shards_are_disjoint_equal_and_change_with_the_epoch_order():
     assert distributed.shard(batches[::-1], distributed.Group(0, 0, 3)) != shards[0]
 
 
-def test_ddp_with_gloo_on_two_processes(tmp_path):
+def test_ddp_with_gloo_on_two_processes(tmp_path, monkeypatch, capfd):
     root = workdir(tmp_path, "ddp", **{"train.epochs": 1, "train.nproc_per_node": 2})
-    result = train(root)
-    assert result.returncode == 0, result.stderr
-    assert "launching 2 processes" in result.stdout
-    assert "device cpu x 2" in result.stdout
-    assert result.stdout.count("saved data/model.pt") == 1  # rank 0 alone logs and saves
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # torchrun's processes import stages.train
+    with pytest.raises(SystemExit) as launcher:  # the stage's process exits with torchrun's code
+        train_stage.main()
+    assert launcher.value.code == 0, capfd.readouterr().err
+    out = capfd.readouterr().out
+    assert "launching 2 processes" in out and "device cpu x 2" in out
+    assert out.count("saved data/model.pt") == 1  # rank 0 alone logs and saves
     curves = json.loads((root / "dvclive/train/metrics.json").read_text())
     # The model after its only epoch, scored on the whole val split by one process, gives the
     # val metrics the two processes reduced from their halves.
