@@ -1,13 +1,18 @@
 """The whole pipeline through the real `dvc` CLI, in a temporary git + DVC copy of the project,
 and the predict command on the model it trains."""
 
+import contextlib
+import io
 import json
+import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 
+from stages import predict as predict_stage
 from tests.conftest import dvc, run
+from zimdb import errors
 
 
 def test_dvc_repro_builds_model_metrics_and_plots(built):
@@ -36,8 +41,18 @@ def test_second_repro_runs_nothing(built):
     assert "Data and pipelines are up to date." in dvc("status", cwd=root).stdout
 
 
-def predict(root, *args, check=True):
-    return run([sys.executable, "-m", "stages.predict", *args], root, check=check)
+def predict(root, *args, check=True) -> subprocess.CompletedProcess:
+    """`python -m stages.predict ARGS` in `root`, run in this process: the same main() and the
+    same error handling, without a second or more of imports per call."""
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.chdir(root), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            errors.run(lambda: predict_stage.main(list(args)))
+        except SystemExit as e:
+            code = e.code
+    if check and code != 0:
+        raise AssertionError(f"predict {args} failed:\n{err.getvalue()}")
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_predict_equals_what_evaluate_computed(built):
@@ -55,7 +70,17 @@ def test_predict_equals_what_evaluate_computed(built):
 
 def test_predict_arguments_and_txt_file(built):
     root, _ = built
-    args = predict(root, "A wonderful, moving film.", "Dull and far too long.")
+    # Once as the command users type; the other tests call the same main() in-process.
+    args = run(
+        [
+            sys.executable,
+            "-m",
+            "stages.predict",
+            "A wonderful, moving film.",
+            "Dull and far too long.",
+        ],
+        root,
+    )
     table = pd.read_csv(pd.io.common.StringIO(args.stdout))
     assert table.columns.tolist() == ["text", "label", "probability"] and len(table) == 2
     (root / "reviews.txt").write_text("A wonderful, moving film.\nDull and far too long.\n")
