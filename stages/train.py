@@ -54,6 +54,13 @@ def accumulate(model, micro_batches, autocast, scaler) -> tuple[torch.Tensor, to
     return total, correct
 
 
+def lr_factor(schedule: str, steps: int):
+    """train.lr's multiplier at each optimizer step: 1, or a cosine from 1 down to 0 at `steps`."""
+    if schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+
+
 def main() -> None:
     p = params.load("train")
     device = resolve(p.device, "train.device")
@@ -88,6 +95,9 @@ def main() -> None:
     ).to(device)
     raw_model.grad_checkpointing = use_ckpt
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=p.lr)
+    batches = range(math.ceil(len(train) / p.batch_size))
+    steps = p.epochs * math.ceil(len(distributed.shard(batches, group)) / p.grad_accum_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(p.lr_schedule, steps))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
     # Batch order: the same in every process (each takes its shard of it).
@@ -105,6 +115,7 @@ def main() -> None:
     if state:
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -149,6 +160,7 @@ def main() -> None:
                 torch.nn.utils.clip_grad_norm_(raw_model.parameters(), p.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            schedule.step()
             optimizer.zero_grad(set_to_none=True)
             window_size = sum(len(idx) for idx in window)
             loss_sum += window_loss
@@ -203,6 +215,7 @@ def main() -> None:
                     "epoch": epoch,
                     "model": raw_model.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
                     "scaler": scaler.state_dict(),
                     "numpy_rng": rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(),

@@ -140,13 +140,25 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, uninterrupted, sig)
 
 
 def test_checkpoint_from_other_params_is_not_resumed(tmp_path):
-    root = workdir(tmp_path, "p", **{"train.epochs": 1})
+    constant = {"train.lr_schedule": "constant"}
+    root = workdir(tmp_path, "p", **constant, **{"train.epochs": 1})
     train_here(root)
-    write_params(root, **TINY, **{"train.epochs": 2, "train.lr": 0.002})
+    write_params(root, **TINY, **constant, **{"train.epochs": 2, "train.lr": 0.002})
     assert "is from other inputs or params; starting afresh" in train_here(root)
-    write_params(root, **TINY, **{"train.epochs": 3, "train.lr": 0.002})
-    # More epochs with the same settings continue the finished run.
+    write_params(root, **TINY, **constant, **{"train.epochs": 3, "train.lr": 0.002})
+    # More epochs at a constant learning rate continue the finished run...
     assert "resuming from data/train_checkpoint.pt: epoch 2 of 3 done" in train_here(root)
+    # ...but a cosine schedule over more epochs is another schedule from the first step.
+    write_params(root, **TINY, **{"train.epochs": 3, "train.lr_schedule": "cosine"})
+    train_here(root)
+    write_params(root, **TINY, **{"train.epochs": 4, "train.lr_schedule": "cosine"})
+    assert "is from other inputs or params; starting afresh" in train_here(root)
+
+
+def test_cosine_schedule_decays_from_lr_to_zero_over_the_run():
+    factor = train_stage.lr_factor("cosine", 100)
+    assert [factor(s) for s in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0])
+    assert train_stage.lr_factor("constant", 100)(70) == 1.0
 
 
 def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):

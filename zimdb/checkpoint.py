@@ -5,10 +5,12 @@ clone that pulled the pipeline's outputs is up to date without it, and a killed 
 it behind without DVC taking it for a result.
 
 Written atomically after every epoch. A run resumes from it only when it was made from the same
-inputs and train params (epochs aside, so raising train.epochs continues a finished run) and has
-epochs left to do; anything else starts afresh. Everything that decides the next epoch is kept —
-weights, optimizer and scaler state, both random generators, the best epoch so far and the
-logged history — so on CPU a resumed run ends with the same model as one never interrupted.
+inputs and train params and has epochs left to do; anything else starts afresh. With a constant
+learning rate train.epochs is left out of that comparison, so raising it continues a finished
+run; a cosine schedule is shaped by the number of epochs, so there it counts. Everything that
+decides the next epoch is kept — weights, optimizer, scheduler and scaler state, both random
+generators, the best epoch so far and the logged history — so on CPU a resumed run ends with the
+same model as one never interrupted.
 """
 
 import hashlib
@@ -25,7 +27,7 @@ PATH = Path("data/train_checkpoint.pt")
 
 def fingerprint(p: SimpleNamespace, inputs: list[Path], world_size: int) -> str:
     digest = hashlib.sha256()
-    settings = {k: v for k, v in vars(p).items() if k != "epochs"}
+    settings = {k: v for k, v in vars(p).items() if k != "epochs" or p.lr_schedule != "constant"}
     digest.update(json.dumps([settings, world_size], sort_keys=True).encode())
     for path in inputs:
         digest.update(path.read_bytes())

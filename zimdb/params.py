@@ -86,6 +86,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "epochs": Field(int, lo=1),
         "batch_size": Field(int, lo=1),
         "lr": Field(float, gt=0),
+        "lr_schedule": choice("constant", "cosine"),
         "grad_accum_steps": Field(int, lo=1),
         "grad_clip": Field(float, lo=0),
         "amp": Field(bool),
