@@ -91,7 +91,7 @@ def archive_reviews(path: Path) -> Iterator[tuple[str, bytes]]:
                 yield file.as_posix(), file.read_bytes()
         return
     try:
-        # Streaming ("r|*"): one pass, no seeks back into the gzip stream (a third faster).
+        # Streaming ("r|*"): one pass, no seeks back into the gzip stream (4.4 s -> 4.0 s here).
         with tarfile.open(path, "r|*") as tar:
             for member in tar:
                 if member.isfile() and REVIEW.search(member.name):
