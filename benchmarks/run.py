@@ -166,21 +166,22 @@ def lstm_kernel(train: Encoded, steps: int) -> float:
     return sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
-def lstm_shaped_matmul_flops(device: torch.device, seconds: float = 0.5) -> float:
-    """FLOP/s of the LSTM's own matmuls: all steps' input projection [64*176, 128] x [128, 1024]
-    and one step's recurrent [64, 256] x [256, 1024], in the proportion the LSTM does them."""
-    x, w_ih = torch.randn(64 * 176, 128, device=device), torch.randn(128, 1024, device=device)
+def lstm_shaped_matmul_flops(device: torch.device, steps: int, seconds: float = 0.5) -> float:
+    """FLOP/s of the LSTM's own matmuls for a batch of 64 reviews of `steps` tokens: the input
+    projection of all steps [64*steps, 128] x [128, 1024], then `steps` recurrent
+    [64, 256] x [256, 1024], in the proportion the LSTM does them."""
+    x, w_ih = torch.randn(64 * steps, 128, device=device), torch.randn(128, 1024, device=device)
     h, w_hh = torch.randn(64, 256, device=device), torch.randn(256, 1024, device=device)
     x @ w_ih, h @ w_hh
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         x @ w_ih
-        for _ in range(176):
+        for _ in range(steps):
             h @ w_hh
         n += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
-    return n * 2 * 64 * 176 * 1024 * (128 + 256) / (time.perf_counter() - start)
+    return n * 2 * 64 * steps * 1024 * (128 + 256) / (time.perf_counter() - start)
 
 
 def project_eval(data: Encoded) -> float:
@@ -307,7 +308,7 @@ def main() -> None:
         peak = matmul_flops(device, dtype)
         achieved = flops_per_token * tokens_per_s
         print("\n(e) utilisation")
-        shaped = lstm_shaped_matmul_flops(device)
+        shaped = lstm_shaped_matmul_flops(device, round(train.lengths_np.mean()))
         print(
             f"  matmul {peak / 1e9:.0f} GFLOP/s; LSTM loop {achieved / 1e9:.0f} GFLOP/s = {achieved / peak:.0%}"
         )
