@@ -92,6 +92,7 @@ def main() -> None:
         p.bidirectional,
         p.pooling,
         p.dropout,
+        p.forget_bias,
     ).to(device)
     raw_model.grad_checkpointing = use_ckpt
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=p.lr)

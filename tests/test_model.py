@@ -51,6 +51,24 @@ def test_empty_review_gets_a_finite_logit():
         ).all()
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_forget_bias_shifts_only_the_forget_gates_of_every_lstm(arch):
+    base, shifted = make_model(**arch), make_model(**arch, forget_bias=1.5)
+    shifted_weights = dict(shifted.named_parameters())
+    shifted_biases = 0
+    for name, weight in base.named_parameters():
+        diff = shifted_weights[name] - weight
+        if name.endswith("bias_ih_l0"):  # gates stacked i, f, g, o; hidden_dim 6
+            expected = torch.zeros_like(weight)
+            expected[6:12] = 1.5
+            torch.testing.assert_close(diff, expected)
+            shifted_biases += 1
+        else:  # forget_bias 0 is PyTorch's init: the same random draws, nothing else moved
+            assert torch.equal(diff, torch.zeros_like(weight)), name
+    directions = 2 if arch.get("bidirectional") else 1
+    assert shifted_biases == arch.get("num_layers", 1) * directions
+
+
 def test_reverse_within_length_keeps_padding_in_place():
     x = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])
     assert reverse_within_length(x, torch.tensor([3, 2])).tolist() == [[3, 2, 1, 0], [5, 4, 0, 0]]

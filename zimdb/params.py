@@ -83,6 +83,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "bidirectional": Field(bool),
         "pooling": choice("last", "max"),
         "dropout": Field(float, lo=0, hi=1),
+        "forget_bias": Field(float),
         "epochs": Field(int, lo=1),
         "batch_size": Field(int, lo=1),
         "lr": Field(float, gt=0),
