@@ -288,8 +288,9 @@ def main() -> None:
         print(f"\n(b) training, {args.steps} micro-batches of {BATCH}, accumulation {ACCUM}")
         ref = reference_train(shuffled, args.steps)
         ours, tokens_per_s = project_train(train, args.steps)
-        print(f"  reference loop  {ref:7.0f} samples/s  (epoch of 20,000: {20000 / ref:5.0f} s)")
-        print(f"  project loop    {ours:7.0f} samples/s  (epoch of 20,000: {20000 / ours:5.0f} s)")
+        n = len(train)
+        print(f"  reference loop  {ref:7.0f} samples/s  (epoch of {n:,}: {n / ref:5.0f} s)")
+        print(f"  project loop    {ours:7.0f} samples/s  (epoch of {n:,}: {n / ours:5.0f} s)")
         print(f"  ratio           {ours / ref:7.2f} x")
         kernel = lstm_kernel(train, args.steps)
         print(
