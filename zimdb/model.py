@@ -36,9 +36,9 @@ class LSTMLayer(nn.Module):
         # early in training nothing from the start of a review reaches its last token. Shifting
         # its bias up (Jozefowicz et al., 2015) keeps the state by default. An addition to
         # PyTorch's init, not a replacement: 0 leaves the weights exactly as they were.
-        for lstm in (self.forward_lstm, self.backward_lstm):
-            if lstm is not None:
-                with torch.no_grad():
+        with torch.no_grad():
+            for lstm in (self.forward_lstm, self.backward_lstm):
+                if lstm is not None:
                     lstm.bias_ih_l0[hidden_dim : 2 * hidden_dim] += forget_bias  # gates i, f, g, o
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
