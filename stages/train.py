@@ -93,6 +93,7 @@ def main() -> None:
         p.pooling,
         p.dropout,
         p.forget_bias,
+        p.word_dropout,
     ).to(device)
     raw_model.grad_checkpointing = use_ckpt
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=p.lr)

@@ -69,6 +69,18 @@ def test_forget_bias_shifts_only_the_forget_gates_of_every_lstm(arch):
     assert shifted_biases == arch.get("num_layers", 1) * directions
 
 
+def test_word_dropout_zeroes_whole_word_vectors_in_training_only():
+    model = make_model(word_dropout=0.5)
+    ids, lengths = torch.randint(2, 50, (8, 30)), torch.full((8,), 30)
+    vectors = model.word_dropout(model.embedding(ids))
+    dropped = (vectors == 0).all(dim=-1)
+    assert 0.3 < dropped.float().mean() < 0.7  # 240 draws at p = 0.5
+    torch.testing.assert_close(vectors[~dropped], 2 * model.embedding(ids)[~dropped])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, lengths), make_model().eval()(ids, lengths))
+
+
 def test_reverse_within_length_keeps_padding_in_place():
     x = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])
     assert reverse_within_length(x, torch.tensor([3, 2])).tolist() == [[3, 2, 1, 0], [5, 4, 0, 0]]

@@ -66,6 +66,7 @@ class SentimentLSTM(nn.Module):
         pooling: str = "last",
         dropout: float = 0.0,
         forget_bias: float = 0.0,
+        word_dropout: float = 0.0,
     ):
         super().__init__()
         # forget_bias shapes the initial weights only, so it is not needed to rebuild a model.
@@ -77,6 +78,7 @@ class SentimentLSTM(nn.Module):
             bidirectional=bidirectional,
             pooling=pooling,
             dropout=dropout,
+            word_dropout=word_dropout,
         )
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         dirs = 2 if bidirectional else 1
@@ -90,6 +92,10 @@ class SentimentLSTM(nn.Module):
             for i in range(num_layers)
         )
         self.dropout = nn.Dropout(dropout)
+        # Zeroes whole word vectors ([batch, time, dim] read as Dropout1d's [N, C, L]): the model
+        # must judge a review with some of its words missing, which regularises a text model more
+        # than dropping single coordinates (Gal & Ghahramani, 2016).
+        self.word_dropout = nn.Dropout1d(word_dropout)
         self.head = nn.Linear(hidden_dim * dirs, 1)
         self.pooling = pooling
         self.hidden_dim = hidden_dim
@@ -98,7 +104,7 @@ class SentimentLSTM(nn.Module):
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits [batch] for token ids [batch, time] with `lengths` real tokens per row."""
         lengths = lengths.clamp(min=1)  # an empty review is read as its single PAD
-        h = self.embedding(ids)
+        h = self.word_dropout(self.embedding(ids))
         for layer in self.layers:
             h = self.dropout(h)
             if self.grad_checkpointing and self.training:

@@ -84,6 +84,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "pooling": choice("last", "max"),
         "dropout": Field(float, lo=0, hi=1),
         "forget_bias": Field(float),
+        "word_dropout": Field(float, lo=0, hi=1),
         "epochs": Field(int, lo=1),
         "batch_size": Field(int, lo=1),
         "lr": Field(float, gt=0),
