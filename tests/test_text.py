@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -13,6 +15,18 @@ def test_clean_strips_tags_keeps_letters_and_apostrophes_lowercases():
 
 def test_clean_drops_non_ascii_letters_as_the_original_did():
     assert text.clean(pd.Series(["café naïve 東京"])).tolist() == ["caf na ve"]
+
+
+def test_clean_matches_the_original_python_rules_on_many_reviews():
+    rng = np.random.default_rng(0)
+    pieces = ["Good", "<br />", "isn't", " 10/10 ", "café", "\t", "<a href='x'>", "!!", "東京"]
+    raw = pd.Series(["".join(rng.choice(pieces, size=rng.integers(0, 12))) for _ in range(301)])
+
+    def original(review: str) -> str:
+        review = re.sub(r"<[^>]*>", " ", review)
+        return re.sub(r"[^a-zA-Z']+", " ", review).strip().lower()
+
+    assert text.clean(raw).tolist() == [original(r) for r in raw]  # many chunks, order kept
 
 
 def test_split_words_gives_no_word_for_an_empty_review():
