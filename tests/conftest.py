@@ -1,6 +1,7 @@
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -51,6 +52,16 @@ def python_env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["DVC_NO_ANALYTICS"] = "1"
     return env
+
+
+def interruptible() -> None:
+    """Popen's preexec_fn for a child the test stops with SIGINT, as Ctrl-C would.
+
+    A shell starts a background job with SIGINT ignored, the child inherits that through exec,
+    and Python then installs no KeyboardInterrupt handler: run that way, the tests would see the
+    signal ignored.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SMALL, commit, dvc, python_env, run, write_params
+from tests.conftest import ROOT, SMALL, commit, dvc, interruptible, python_env, run, write_params
 from tests.test_dvc_yaml import expected_code_deps, expected_params, source_files
 from zimdb.params import SCHEMA
 
@@ -184,6 +184,7 @@ def test_interrupted_train_leaves_nothing_dvc_would_use(clean_project, sig):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=interruptible,
     )
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from stages import train as train_stage
-from tests.conftest import ROOT, python_env, write_params
+from tests.conftest import ROOT, interruptible, python_env, write_params
 from zimdb import distributed
 from zimdb.artifacts import encoded_dtype, write_encoded, write_vocab
 from zimdb.batching import Encoded, logits
@@ -56,6 +56,7 @@ def start_train(root) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
 
 
