@@ -92,9 +92,9 @@ class SentimentLSTM(nn.Module):
             for i in range(num_layers)
         )
         self.dropout = nn.Dropout(dropout)
-        # Zeroes whole word vectors ([batch, time, dim] read as Dropout1d's [N, C, L]): the model
-        # must judge a review with some of its words missing, which regularises a text model more
-        # than dropping single coordinates (Gal & Ghahramani, 2016).
+        # Zeroes whole word vectors ([batch, time, dim] read as Dropout1d's [N, C, L]), so the
+        # model learns to judge a review with some of its words missing ("word dropout", Iyyer et
+        # al., 2015) rather than with a little noise on each.
         self.word_dropout = nn.Dropout1d(word_dropout)
         self.head = nn.Linear(hidden_dim * dirs, 1)
         self.pooling = pooling

@@ -32,6 +32,10 @@ def clean(texts: pd.Series) -> pd.Series:
     return pd.Series(pa.chunked_array(chunks, type=arr.type), index=texts.index, dtype="str")
 
 
+def _split(cleaned: pd.Series) -> pa.ListArray:
+    return pc.ascii_split_whitespace(pa.array(cleaned, type=pa.string(), from_pandas=True))
+
+
 def split_words(cleaned: pd.Series) -> tuple[pa.Array, np.ndarray]:
     """Every word of every review in order as one Arrow array, and the word count per review.
 
@@ -43,10 +47,6 @@ def split_words(cleaned: pd.Series) -> tuple[pa.Array, np.ndarray]:
     real = pc.not_equal(flat, "")  # Arrow splits an empty review into one empty word
     flat, parents = flat.filter(real), parents.filter(real).to_numpy()
     return flat, np.bincount(parents, minlength=len(cleaned)).astype(np.int64)
-
-
-def _split(cleaned: pd.Series) -> pa.ListArray:
-    return pc.ascii_split_whitespace(pa.array(cleaned, type=pa.string(), from_pandas=True))
 
 
 def word_counts(cleaned: pd.Series) -> pd.Series:
