@@ -1,4 +1,5 @@
-"""Stage clean: the original cleaning rules, and a validation split carved out of train.
+"""Stage clean: the original cleaning rules, and a validation split carved out of train
+(stratified by label, or by whole movies with split.group_by=movie).
 
 Writes data/clean/{train,val,test}.parquet (text, label). Test is only ever used by evaluate.
 """
@@ -15,9 +16,33 @@ RAW, OUT = Path("data/raw"), Path("data/clean")
 COLUMNS = {"text": "str", "label": "iu"}
 
 
-def split(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and val, val holding `fraction` of each label's reviews, the same for a seed."""
-    val = train.groupby("label").sample(frac=fraction, random_state=seed)
+def held_out_movies(train: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
+    """Rows of whole movies, drawn in a seeded order until they hold `fraction` of the reviews.
+
+    IMDb's train and test movies are disjoint; a val split that shares movies with train rewards
+    what a model learnt about particular films, and overstates test accuracy.
+    """
+    if "movie" not in train.columns or train.movie.isna().any():
+        missing = len(train) if "movie" not in train.columns else train.movie.isna().sum()
+        raise PipelineError(
+            f"split.group_by=movie: {RAW / 'train.parquet'} has no movie for {missing} review(s); "
+            "only download.source=aclimdb gives movies (from its urls_pos.txt and urls_neg.txt); "
+            "use split.group_by=review"
+        )
+    sizes = train.movie.value_counts(sort=False).sample(frac=1, random_state=seed)
+    taken = sizes.index[(sizes.cumsum() - sizes) < fraction * len(train)]
+    return train.index[train.movie.isin(taken)]
+
+
+def split(
+    train: pd.DataFrame, fraction: float, seed: int, group_by: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and val, the same for a seed: val holds `fraction` of each label's reviews (review),
+    or whole movies that together hold `fraction` of the reviews (movie)."""
+    if group_by == "movie":
+        val = train.loc[held_out_movies(train, fraction, seed)]
+    else:
+        val = train.groupby("label").sample(frac=fraction, random_state=seed)
     rest = train.drop(val.index)
     for label, n in train.label.value_counts().sort_index().items():
         if not 0 < (val.label == label).sum() < n:
@@ -32,7 +57,7 @@ def main() -> None:
     p = params.load("split")
     train = read_table(RAW / "train.parquet", "download", COLUMNS)
     test = read_table(RAW / "test.parquet", "download", COLUMNS)
-    train, val = split(train, p.val_fraction, p.seed)
+    train, val = split(train, p.val_fraction, p.seed, p.group_by)
     for name, df in {"train": train, "val": val, "test": test}.items():
         df = df[["text", "label"]].assign(text=text.clean(df.text)).reset_index(drop=True)
         write_table(df, OUT / f"{name}.parquet")

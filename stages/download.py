@@ -1,7 +1,7 @@
 """Stage download: IMDB reviews from ModelScope or the Stanford aclImdb archive.
 
 Writes data/raw/{train,test}.parquet: text, label (0 negative, 1 positive) and, where the source
-has them, id and rating.
+has them, id, rating and movie (the IMDb title id, from the archive's urls_{pos,neg}.txt).
 """
 
 import re
@@ -27,6 +27,9 @@ OFFLINE_HINT = (
 )
 # aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt; unsup/ and other files are not reviews
 REVIEW = re.compile(r"(?:^|/)(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
+# aclImdb/{train,test}/urls_{pos,neg}.txt: line <id> is the IMDb page of review <id>'s movie
+URLS = re.compile(r"(?:^|/)(train|test)/urls_(pos|neg)\.txt$")
+TITLE = re.compile(r"/title/(tt\d+)")
 
 
 def map_labels(labels: pd.Series, origin: str) -> pd.Series:
@@ -83,18 +86,22 @@ def fetch(url: str) -> Path:
     return dest
 
 
-def archive_reviews(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) of every review file in a .tar.gz or an extracted folder."""
+def wanted(name: str) -> bool:
+    return bool(REVIEW.search(name) or URLS.search(name))
+
+
+def archive_files(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of every review file and URL list in a .tar.gz or extracted folder."""
     if path.is_dir():
         for file in sorted(path.rglob("*.txt")):
-            if REVIEW.search(file.as_posix()):
+            if wanted(file.as_posix()):
                 yield file.as_posix(), file.read_bytes()
         return
     try:
         # Streaming ("r|*"): one pass, no seeks back into the gzip stream (4.4 s -> 4.0 s here).
         with tarfile.open(path, "r|*") as tar:
             for member in tar:
-                if member.isfile() and REVIEW.search(member.name):
+                if member.isfile() and wanted(member.name):
                     yield member.name, tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError) as e:
         raise PipelineError(
@@ -106,8 +113,15 @@ def from_aclimdb(archive: str) -> dict[str, pd.DataFrame]:
     path = fetch(archive) if re.match(r"https?://", archive) else Path(archive)
     if not path.exists():
         raise PipelineError(f"download.archive: {path} does not exist")
-    rows, undecodable, empty = [], [], []
-    for name, raw in tqdm(archive_reviews(path), desc=f"reading {path.name}", unit=" reviews"):
+    rows, undecodable, empty, movies = [], [], [], []
+    bar = tqdm(desc=f"reading {path.name}", unit=" reviews")
+    for name, raw in archive_files(path):
+        if urls := URLS.search(name):
+            lines = raw.decode("utf-8", "replace").splitlines()
+            titles = [m.group(1) if (m := TITLE.search(line)) else None for line in lines]
+            movies.extend((*urls.groups(), i, t) for i, t in enumerate(titles))
+            continue
+        bar.update()
         split, label, review_id, rating = REVIEW.search(name).groups()
         try:
             text = raw.decode("utf-8")
@@ -118,6 +132,10 @@ def from_aclimdb(archive: str) -> dict[str, pd.DataFrame]:
             empty.append(name)  # no text to learn from or score: left out, and reported below
             continue
         rows.append((split, int(review_id), int(rating), label, text))
+    bar.close()
+    df = pd.DataFrame(rows, columns=["split", "id", "rating", "label", "text"])
+    movies = pd.DataFrame(movies, columns=["split", "label", "id", "movie"]).astype({"id": int})
+    df = df.merge(movies, on=["split", "label", "id"], how="left")
     if undecodable:
         print(
             f"warning: {len(undecodable)} review(s) were not valid UTF-8 and were decoded with "
@@ -125,13 +143,19 @@ def from_aclimdb(archive: str) -> dict[str, pd.DataFrame]:
         )
     if empty:
         print(f"warning: left out {len(empty)} empty review file(s), e.g. {empty[0]}")
-    df = pd.DataFrame(rows, columns=["split", "id", "rating", "label", "text"])
+    unknown = df[df.movie.isna()]
+    if len(unknown):
+        s, label, i = unknown[["split", "label", "id"]].iloc[0]
+        print(
+            f"warning: no movie for {len(unknown)} review(s) (no line in urls_{{pos,neg}}.txt), "
+            f"e.g. {s}/{label}/{i}_*.txt; split.group_by=movie will refuse them"
+        )
     frames = {}
     for split in SPLITS:
         part = df[df.split == split].sort_values(["label", "id"], kind="stable")
         if part.empty:
             raise PipelineError(f"{path}: no reviews under {split}/pos or {split}/neg")
-        frames[split] = part[["text", "label", "id", "rating"]]
+        frames[split] = part[["text", "label", "id", "rating", "movie"]]
     return frames
 
 

@@ -26,8 +26,14 @@ def write_params(root: Path, **overrides) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def movie_of(split: str, review_id: int) -> str:
+    """The movie write_archive gives a review: two ids per movie, its pos and neg reviews alike."""
+    return f"tt{(1 if split == 'train' else 2) * 1000000 + review_id // 2:07d}"
+
+
 def write_archive(path: Path, per_label: int = 6, extra: dict[str, bytes] | None = None) -> Path:
-    """A small .tar.gz in the Stanford layout: aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt."""
+    """A small .tar.gz in the Stanford layout: aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt
+    and urls_{pos,neg}.txt, whose line <id> is the IMDb page of review <id>'s movie."""
     with tarfile.open(path, "w:gz") as tar:
 
         def add(name: str, data: bytes) -> None:
@@ -41,6 +47,11 @@ def write_archive(path: Path, per_label: int = 6, extra: dict[str, bytes] | None
                 for i in range(per_label):
                     text = f"{texts[i % len(texts)]} <br /><br />number {i} of {split}"
                     add(f"aclImdb/{split}/{label}/{i}_{rating}.txt", text.encode())
+                urls = "".join(
+                    f"http://www.imdb.com/title/{movie_of(split, i)}/usercomments\n"
+                    for i in range(per_label)
+                )
+                add(f"aclImdb/{split}/urls_{label}.txt", urls.encode())
         for name, data in (extra or {}).items():
             add(name, data)
     return path

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from stages import clean, download, encode, vocab
-from tests.conftest import write_archive, write_params
+from tests.conftest import movie_of, write_archive, write_params
 from zimdb.artifacts import read_encoded, read_vocab
 from zimdb.errors import PipelineError
 
@@ -30,9 +30,25 @@ def test_aclimdb_archive_to_raw_tables(workdir, capsys):
     download.main()
     train = pd.read_parquet("data/raw/train.parquet")
     assert len(train) == 10 and train.label.value_counts().to_dict() == {0: 5, 1: 5}
-    assert set(train.columns) == {"text", "label", "id", "rating"}
+    assert set(train.columns) == {"text", "label", "id", "rating", "movie"}
     assert set(train[train.label == 1].rating) == {9} and set(train[train.label == 0].rating) == {2}
+    assert train.movie.tolist() == [movie_of("train", i) for i in train.id]
     assert "train: 10 reviews (5 negative, 5 positive)" in capsys.readouterr().out
+
+
+def test_reviews_without_a_url_line_have_no_movie_and_are_reported(workdir, capsys):
+    archive = write_archive(
+        workdir / "small.tar.gz",
+        per_label=3,  # urls_{pos,neg}.txt have lines for ids 0-2 only
+        extra={"aclImdb/train/pos/7_8.txt": b"a good film", "aclImdb/test/neg/9_1.txt": b"bad"},
+    )
+    write_params(workdir, **{"download.source": "aclimdb", "download.archive": str(archive)})
+    download.main()
+    train, test = (pd.read_parquet(f"data/raw/{s}.parquet") for s in ("train", "test"))
+    assert train.movie[train.id == 7].isna().all() and train.movie[train.id < 3].notna().all()
+    assert test.movie[test.id == 9].isna().all() and test.movie[test.id < 3].notna().all()
+    out = capsys.readouterr().out
+    assert "warning: no movie for 2 review(s)" in out and "split.group_by=movie will refuse" in out
 
 
 def test_aclimdb_extracted_folder_gives_the_same_tables(workdir):
@@ -105,11 +121,15 @@ def test_modelscope_string_labels_are_mapped(workdir, monkeypatch):
 def test_shared_archive_has_the_full_dataset(workdir, shared_archive):
     write_params(workdir, **{"download.source": "aclimdb", "download.archive": str(shared_archive)})
     download.main()
+    movies = {}
     for split in ("train", "test"):
         df = pd.read_parquet(f"data/raw/{split}.parquet")
         assert df.label.value_counts().to_dict() == {0: 12500, 1: 12500}
         assert df.rating[df.label == 1].between(7, 10).all()
         assert df.rating[df.label == 0].between(1, 4).all()
+        assert df.movie.notna().all() and df.movie.value_counts().max() <= 30  # the README's cap
+        movies[split] = set(df.movie)
+    assert len(movies["train"] & movies["test"]) <= 1  # "disjoint", but for one title here
 
 
 def _raw(workdir, rows):
@@ -128,6 +148,38 @@ def test_clean_split_is_stratified_and_deterministic(workdir):
     assert set(train.text) | set(val.text) == {f"review {w}" for w in words}
     clean.main()
     pd.testing.assert_frame_equal(pd.read_parquet("data/clean/val.parquet"), val)
+
+
+def test_clean_split_by_movie_keeps_every_movie_on_one_side(workdir):
+    movies = [f"tt{m}" for m in range(20) for _ in range(m % 4 + 1)]  # 1 to 4 reviews a movie
+    texts = [f"review {chr(97 + i % 26)}{chr(97 + i // 26)}" for i in range(len(movies))]
+    _raw(workdir, {"text": texts, "label": [i % 2 for i in range(len(movies))], "movie": movies})
+    write_params(workdir, **{"split.val_fraction": 0.2, "split.group_by": "movie"})
+    clean.main()
+    raw = pd.read_parquet("data/raw/train.parquet")
+    train, val = (pd.read_parquet(f"data/clean/{s}.parquet") for s in ("train", "val"))
+    movie = dict(zip(raw.text, raw.movie, strict=True))
+    assert not {movie[t] for t in train.text} & {movie[t] for t in val.text}
+    assert sorted([*train.text, *val.text]) == sorted(texts)
+    # whole movies are drawn until they hold the fraction: val overshoots by less than one movie
+    assert 0.2 * len(raw) <= len(val) < 0.2 * len(raw) + 4
+    clean.main()
+    pd.testing.assert_frame_equal(pd.read_parquet("data/clean/val.parquet"), val)
+    write_params(workdir, **{"split.val_fraction": 0.2, "split.group_by": "movie", "split.seed": 7})
+    clean.main()
+    assert set(pd.read_parquet("data/clean/val.parquet").text) != set(val.text)
+
+
+def test_clean_split_by_movie_refuses_reviews_without_a_movie(workdir):
+    _raw(workdir, {"text": ["good", "fine", "bad", "awful"], "label": [1, 1, 0, 0]})
+    write_params(workdir, **{"split.group_by": "movie"})
+    with pytest.raises(
+        PipelineError,
+        match=r"split.group_by=movie: data/raw/train.parquet has no movie for 4 review\(s\); "
+        r"only download.source=aclimdb gives movies",
+    ):
+        clean.main()
+    assert not (workdir / "data/clean").exists()
 
 
 def test_clean_refuses_a_split_that_leaves_a_label_out_of_train_or_val(workdir):

@@ -68,6 +68,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "split": {
         "val_fraction": Field(float, gt=0, hi=1),
         "seed": Field(int, lo=0),
+        "group_by": choice("review", "movie"),
     },
     "vocab": {
         "size": Field(int, lo=3),  # PAD, UNK and at least one word
