@@ -113,13 +113,13 @@ def from_aclimdb(archive: str) -> dict[str, pd.DataFrame]:
     path = fetch(archive) if re.match(r"https?://", archive) else Path(archive)
     if not path.exists():
         raise PipelineError(f"download.archive: {path} does not exist")
-    rows, undecodable, empty, movies = [], [], [], []
+    rows, undecodable, empty, movie_rows = [], [], [], []
     bar = tqdm(desc=f"reading {path.name}", unit=" reviews")
     for name, raw in archive_files(path):
         if urls := URLS.search(name):
             lines = raw.decode("utf-8", "replace").splitlines()
             titles = [m.group(1) if (m := TITLE.search(line)) else None for line in lines]
-            movies.extend((*urls.groups(), i, t) for i, t in enumerate(titles))
+            movie_rows.extend((*urls.groups(), i, t) for i, t in enumerate(titles))
             continue
         bar.update()
         split, label, review_id, rating = REVIEW.search(name).groups()
@@ -134,7 +134,7 @@ def from_aclimdb(archive: str) -> dict[str, pd.DataFrame]:
         rows.append((split, int(review_id), int(rating), label, text))
     bar.close()
     df = pd.DataFrame(rows, columns=["split", "id", "rating", "label", "text"])
-    movies = pd.DataFrame(movies, columns=["split", "label", "id", "movie"]).astype({"id": int})
+    movies = pd.DataFrame(movie_rows, columns=["split", "label", "id", "movie"]).astype({"id": int})
     df = df.merge(movies, on=["split", "label", "id"], how="left")
     if undecodable:
         print(
