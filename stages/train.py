@@ -126,7 +126,8 @@ def main() -> None:
         DDP(raw_model, device_ids=[device.index] if cuda else None) if group.enabled else raw_model
     )
 
-    peak = matmul_flops(device, torch.float16 if use_amp else torch.float32)
+    matmul_dtype = torch.float16 if use_amp else torch.float32
+    peak = matmul_flops(device, matmul_dtype)
     flops_per_token = 3 * raw_model.flops_per_token()  # forward + backward; recompute not counted
     live = None
     if group.is_main:
@@ -174,6 +175,9 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+        # The host's speed drifts: a reading taken in a slow spell alone would inflate the figure,
+        # so the loop is compared with the fastest matmul measured so far, once per epoch.
+        peak = max(peak, matmul_flops(device, matmul_dtype))
         utilisation = flops_per_token * tokens / seconds / peak
 
         # Validation is sharded like training; sums over all processes give the full split.
