@@ -39,7 +39,7 @@ DATA_STAGES = ["download", "clean", "vocab", "encode"]
 BATCH, ACCUM = 64, 4
 
 
-def data_stages(archive: Path, work: Path) -> dict[str, float]:
+def data_stages(archive: Path, work: Path, stages: list[str] = DATA_STAGES) -> dict[str, float]:
     """Wall time of each data stage as a process, local archive to encoded arrays."""
     for name in ("stages", "zimdb"):
         shutil.copytree(ROOT / name, work / name)
@@ -47,7 +47,7 @@ def data_stages(archive: Path, work: Path) -> dict[str, float]:
     params["download"].update(source="aclimdb", archive=str(archive), limit=0)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     times = {}
-    for stage in DATA_STAGES:
+    for stage in stages:
         start = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", f"stages.{stage}"], cwd=work, check=True, capture_output=True

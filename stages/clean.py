@@ -22,8 +22,8 @@ def held_out_movies(train: pd.DataFrame, fraction: float, seed: int) -> pd.Index
     IMDb's train and test movies are disjoint; a val split that shares movies with train rewards
     what a model learnt about particular films, and overstates test accuracy.
     """
-    if "movie" not in train.columns or train.movie.isna().any():
-        missing = len(train) if "movie" not in train.columns else train.movie.isna().sum()
+    missing = train["movie"].isna().sum() if "movie" in train.columns else len(train)
+    if missing:
         raise PipelineError(
             f"split.group_by=movie: {RAW / 'train.parquet'} has no movie for {missing} review(s); "
             "only download.source=aclimdb gives movies (from its urls_pos.txt and urls_neg.txt); "

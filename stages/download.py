@@ -114,25 +114,24 @@ def from_aclimdb(archive: str) -> dict[str, pd.DataFrame]:
     if not path.exists():
         raise PipelineError(f"download.archive: {path} does not exist")
     rows, undecodable, empty, movie_rows = [], [], [], []
-    bar = tqdm(desc=f"reading {path.name}", unit=" reviews")
-    for name, raw in archive_files(path):
-        if urls := URLS.search(name):
-            lines = raw.decode("utf-8", "replace").splitlines()
-            titles = [m.group(1) if (m := TITLE.search(line)) else None for line in lines]
-            movie_rows.extend((*urls.groups(), i, t) for i, t in enumerate(titles))
-            continue
-        bar.update()
-        split, label, review_id, rating = REVIEW.search(name).groups()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("utf-8", errors="replace")
-            undecodable.append(name)
-        if not text.strip():
-            empty.append(name)  # no text to learn from or score: left out, and reported below
-            continue
-        rows.append((split, int(review_id), int(rating), label, text))
-    bar.close()
+    with tqdm(desc=f"reading {path.name}", unit=" reviews") as bar:
+        for name, raw in archive_files(path):
+            if urls := URLS.search(name):
+                lines = raw.decode("utf-8", "replace").splitlines()
+                titles = [m.group(1) if (m := TITLE.search(line)) else None for line in lines]
+                movie_rows.extend((*urls.groups(), i, t) for i, t in enumerate(titles))
+                continue
+            bar.update()
+            split, label, review_id, rating = REVIEW.search(name).groups()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("utf-8", errors="replace")
+                undecodable.append(name)
+            if not text.strip():
+                empty.append(name)  # no text to learn from or score: left out, reported below
+                continue
+            rows.append((split, int(review_id), int(rating), label, text))
     df = pd.DataFrame(rows, columns=["split", "id", "rating", "label", "text"])
     movies = pd.DataFrame(movie_rows, columns=["split", "label", "id", "movie"]).astype({"id": int})
     df = df.merge(movies, on=["split", "label", "id"], how="left")
