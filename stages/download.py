@@ -16,8 +16,8 @@ from tqdm import tqdm
 from zimdb import params
 from zimdb.artifacts import atomic_path, write_table
 from zimdb.errors import PipelineError, run
+from zimdb.paths import RAW
 
-OUT = Path("data/raw")
 SPLITS = ("train", "test")
 LABELS = {0: 0, 1: 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
 CACHE = Path.home() / ".cache" / "zimdb"
@@ -190,7 +190,7 @@ def main() -> None:
             )
         out[split] = df.assign(text=df["text"].astype(str))
     for split, df in out.items():
-        write_table(df, OUT / f"{split}.parquet")
+        write_table(df, RAW / f"{split}.parquet")
         counts = df.label.value_counts()
         print(
             f"{split}: {len(df)} reviews ({counts.get(0, 0)} negative, {counts.get(1, 0)} positive)"

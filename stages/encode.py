@@ -3,15 +3,12 @@
 Writes data/encoded/{train,val,test}.npy: one structured array per split (ids, length, label).
 """
 
-from pathlib import Path
-
 import numpy as np
 
 from zimdb import params, text
 from zimdb.artifacts import encoded_dtype, read_table, read_vocab, write_encoded
 from zimdb.errors import run
-
-CLEAN, VOCAB, OUT = Path("data/clean"), Path("data/vocab.txt"), Path("data/encoded")
+from zimdb.paths import CLEAN, ENCODED, VOCAB
 
 
 def main() -> None:
@@ -22,7 +19,7 @@ def main() -> None:
         ids, lengths = text.encode(df.text, vocab, p.max_len, p.truncate)
         records = np.empty(len(df), dtype=encoded_dtype(len(vocab), p.max_len))
         records["ids"], records["length"], records["label"] = ids, lengths, df.label
-        write_encoded(records, OUT / f"{split}.npy")
+        write_encoded(records, ENCODED / f"{split}.npy")
         unk = (ids == text.UNK).sum() / max(lengths.sum(), 1)
         print(
             f"{split}: {len(df)} reviews, {(lengths == p.max_len).mean():.1%} filling max_len="

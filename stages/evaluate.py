@@ -5,9 +5,6 @@ curve and confusion matrix under dvclive/evaluate/plots, and every test review's
 data/predictions/test.parquet.
 """
 
-from contextlib import nullcontext
-from pathlib import Path
-
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -15,25 +12,22 @@ from dvclive import Live
 from sklearn import metrics
 
 from zimdb import params
-from zimdb.artifacts import read_encoded, read_vocab, write_table
-from zimdb.batching import Encoded, logits
+from zimdb.artifacts import read_encoded, write_table
+from zimdb.batching import Encoded
 from zimdb.device import resolve
 from zimdb.errors import run
-from zimdb.model import load
-
-TEST, VOCAB, MODEL = Path("data/encoded/test.npy"), Path("data/vocab.txt"), Path("data/model.pt")
-PREDICTIONS, LIVE = Path("data/predictions/test.parquet"), Path("dvclive/evaluate")
+from zimdb.inference import logits
+from zimdb.paths import ENCODED, EVALUATE_LIVE, MODEL, PREDICTIONS
+from zimdb.trained_model import TrainedModel
 
 
 def main() -> None:
     p = params.load("evaluate")
     device = resolve(p.device, "evaluate.device")
-    model = load(MODEL, device)
-    test = Encoded.from_records(read_encoded(TEST, len(read_vocab(VOCAB))), device)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
-    )
-    test_logits = logits(model, test, p.batch_size, autocast)
+    trained = TrainedModel.load(MODEL, device)
+    records = read_encoded(ENCODED / "test.npy", len(trained.vocab))
+    test = Encoded.from_records(records, device)
+    test_logits = logits(trained.model, test, p.batch_size, trained.autocast())
     loss = F.binary_cross_entropy_with_logits(test_logits, test.labels).item()
     prob = torch.sigmoid(test_logits).cpu().numpy()
     y = test.labels.cpu().numpy().astype(int)
@@ -46,7 +40,7 @@ def main() -> None:
         "f1": metrics.f1_score(y, pred, zero_division=0),
         "roc_auc": metrics.roc_auc_score(y, prob),
     }
-    with Live(str(LIVE), dvcyaml=None, save_dvc_exp=False) as live:
+    with Live(str(EVALUATE_LIVE), dvcyaml=None, save_dvc_exp=False) as live:
         for name, value in scores.items():
             live.log_metric(name, value, plot=False)
         live.log_sklearn_plot("roc", y, prob)

@@ -10,8 +10,6 @@ Writes data/model.pt and the curves under dvclive/train.
 import math
 import sys
 import time
-from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,13 +20,14 @@ from tqdm import tqdm
 
 from zimdb import checkpoint, distributed, params
 from zimdb.artifacts import read_encoded, read_vocab
-from zimdb.batching import Encoded, batch_indices, logits
-from zimdb.device import matmul_flops, resolve
+from zimdb.batching import Encoded, batch_indices
+from zimdb.device import autocast as precision
+from zimdb.device import resolve
 from zimdb.errors import PipelineError, run
-from zimdb.model import SentimentLSTM, save
-
-ENCODED, VOCAB = Path("data/encoded"), Path("data/vocab.txt")
-MODEL, LIVE = Path("data/model.pt"), Path("dvclive/train")
+from zimdb.inference import logits
+from zimdb.model import ModelConfig, SentimentLSTM
+from zimdb.paths import ENCODED, MODEL, TRAIN_LIVE, VOCAB
+from zimdb.trained_model import TrainedModel
 
 
 def accumulate(model, micro_batches, autocast, scaler) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,11 +79,12 @@ def main() -> None:
         + ("" if cuda else " (amp and checkpointing apply to CUDA only)")
     )
 
-    vocab_size = len(read_vocab(VOCAB))
+    vocab = read_vocab(VOCAB)
+    vocab_size = len(vocab)
     train = Encoded.from_records(read_encoded(ENCODED / "train.npy", vocab_size), device)
     val = Encoded.from_records(read_encoded(ENCODED / "val.npy", vocab_size), device)
     torch.manual_seed(p.seed)  # the same initial weights in every process
-    raw_model = SentimentLSTM(
+    config = ModelConfig(
         vocab_size,
         p.embedding_dim,
         p.hidden_dim,
@@ -92,16 +92,17 @@ def main() -> None:
         p.bidirectional,
         p.pooling,
         p.dropout,
-        p.forget_bias,
         p.word_dropout,
-    ).to(device)
+        p.forget_bias,
+    )
+    raw_model = SentimentLSTM(config).to(device)
     raw_model.grad_checkpointing = use_ckpt
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=p.lr)
     batches = range(math.ceil(len(train) / p.batch_size))
     steps = p.epochs * math.ceil(len(distributed.shard(batches, group)) / p.grad_accum_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(p.lr_schedule, steps))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
+    autocast = precision(device, p.amp)
     # Batch order: the same in every process (each takes its shard of it).
     rng = np.random.default_rng(p.seed)
     torch.manual_seed(p.seed + group.rank)  # dropout: different in every process
@@ -126,12 +127,9 @@ def main() -> None:
         DDP(raw_model, device_ids=[device.index] if cuda else None) if group.enabled else raw_model
     )
 
-    matmul_dtype = torch.float16 if use_amp else torch.float32
-    peak = matmul_flops(device, matmul_dtype)
-    flops_per_token = 3 * raw_model.flops_per_token()  # forward + backward; recompute not counted
     live = None
     if group.is_main:
-        live = Live(str(LIVE), dvcyaml=None, save_dvc_exp=False)
+        live = Live(str(TRAIN_LIVE), dvcyaml=None, save_dvc_exp=False)
         for logged in history:  # DVC cleared dvclive/train before this run: replay resumed epochs
             for name, value in logged.items():
                 live.log_metric(name, value)
@@ -175,10 +173,6 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        # The host's speed drifts: a reading taken in a slow spell alone would inflate the figure,
-        # so the loop is compared with the fastest matmul measured so far, once per epoch.
-        peak = max(peak, matmul_flops(device, matmul_dtype))
-        utilisation = flops_per_token * tokens / seconds / peak
 
         # Validation is sharded like training; sums over all processes give the full split.
         shard = np.arange(group.rank, len(val), group.world_size)
@@ -195,13 +189,12 @@ def main() -> None:
             "val/acc": totals[3].item() / len(val),
             "epoch_time_s": seconds,
             "samples_per_s": train_seen / seconds,
-            "matmul_utilisation": utilisation,
         }
         log(
             f"epoch {epoch}/{p.epochs}: train loss {metrics['train/loss']:.4f} "
             f"acc {metrics['train/acc']:.4f} | val loss {metrics['val/loss']:.4f} "
             f"acc {metrics['val/acc']:.4f} | {seconds:.1f} s, {metrics['samples_per_s']:.0f} "
-            f"samples/s, {utilisation:.0%} of the measured matmul rate ({peak / 1e9:.0f} GFLOP/s)"
+            "samples/s"
         )
         if not math.isfinite(metrics["val/loss"]):
             raise PipelineError(
@@ -234,7 +227,8 @@ def main() -> None:
         live.summary["best/epoch"], live.summary["best/val_acc"] = best["epoch"], best["acc"]
         live.end()
         raw_model.load_state_dict(best["state"])
-        save(raw_model, MODEL)
+        encode = params.load("encode")
+        TrainedModel(raw_model, vocab, encode.max_len, encode.truncate, use_amp).save(MODEL)
         log(f"saved {MODEL}: epoch {best['epoch']}, val accuracy {best['acc']:.4f}")
     distributed.shutdown(group)
 

@@ -3,24 +3,21 @@
 Writes data/vocab.txt, one word per line; the line number is the token id.
 """
 
-from pathlib import Path
-
 from zimdb import params, text
 from zimdb.artifacts import read_table, write_vocab
 from zimdb.errors import run
-
-TRAIN, OUT = Path("data/clean/train.parquet"), Path("data/vocab.txt")
+from zimdb.paths import CLEAN, VOCAB
 
 
 def main() -> None:
     p = params.load("vocab")
-    train = read_table(TRAIN, "clean", {"text": "str"})
+    train = read_table(CLEAN / "train.parquet", "clean", {"text": "str"})
     counts = text.word_counts(train.text)
     # Ties are broken alphabetically, so the vocabulary never depends on row order.
     ranked = counts.rename("count").rename_axis("word").reset_index()
     ranked = ranked.sort_values(["count", "word"], ascending=[False, True], kind="stable")
     words = text.SPECIALS + ranked.word.head(p.size - len(text.SPECIALS)).tolist()
-    write_vocab(words, OUT)
+    write_vocab(words, VOCAB)
     covered = ranked["count"].head(len(words) - 2).sum() / max(ranked["count"].sum(), 1)
     print(
         f"{len(words)} tokens; {len(ranked)} distinct words in train, {covered:.1%} of uses covered"

@@ -14,6 +14,7 @@ import yaml
 from tests.conftest import ROOT, SMALL, commit, dvc, interruptible, python_env, run, write_params
 from tests.test_dvc_yaml import expected_code_deps, expected_params, source_files
 from zimdb.params import SCHEMA
+from zimdb.paths import TRAIN_STATE
 
 STAGES = ["download", "clean", "vocab", "encode", "train", "evaluate"]
 
@@ -174,7 +175,7 @@ def test_interrupted_train_leaves_nothing_dvc_would_use(clean_project, sig):
     # the other case completed instead of training.
     lr = {signal.SIGINT: 0.002, signal.SIGKILL: 0.0025}[sig]
     write_params(root, **(SMALL | {"train.epochs": 15, "train.lr": lr}))
-    checkpoint = root / "data/train_checkpoint.pt"
+    checkpoint = root / TRAIN_STATE
     checkpoint.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro"],
@@ -196,5 +197,5 @@ def test_interrupted_train_leaves_nothing_dvc_would_use(clean_project, sig):
     assert "train" in dvc("status", "--json", cwd=root).stdout
     result = dvc("repro", cwd=root)
     assert ran(result) == {"train", "evaluate"}
-    assert "resuming from data/train_checkpoint.pt" in result.stdout
+    assert f"resuming from {TRAIN_STATE}" in result.stdout
     assert "Data and pipelines are up to date." in dvc("status", cwd=root).stdout

@@ -3,12 +3,15 @@
 from contextlib import nullcontext
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from stages.train import accumulate
 from zimdb.batching import Encoded, batch_indices
-from zimdb.model import SentimentLSTM, load, reverse_within_length, save
+from zimdb.errors import PipelineError
+from zimdb.model import ModelConfig, SentimentLSTM, reverse_within_length
+from zimdb.trained_model import TrainedModel
 
 ARCHITECTURES = [
     dict(),  # the original: one layer, one direction, last real token
@@ -21,7 +24,7 @@ NO_SCALER = torch.amp.GradScaler("cuda", enabled=False)
 
 def make_model(**kw) -> SentimentLSTM:
     torch.manual_seed(0)
-    return SentimentLSTM(50, embedding_dim=8, hidden_dim=6, **kw).double()
+    return SentimentLSTM(ModelConfig(50, embedding_dim=8, hidden_dim=6, **kw)).double()
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -161,17 +164,45 @@ def test_bucketed_batches_cover_every_row_once_and_group_lengths():
     assert all((x == y).all() for x, y in zip(batches, again, strict=True))
 
 
-def test_saved_model_rebuilds_with_the_same_outputs(tmp_path):
+VOCAB = ["<pad>", "<unk>"] + [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(48)]
+
+
+def test_saved_model_rebuilds_with_the_same_outputs_and_settings(tmp_path):
     model = make_model(bidirectional=True).float().eval()
-    save(model, tmp_path / "m.pt")
-    loaded = load(tmp_path / "m.pt")
+    TrainedModel(model, VOCAB, 7, "head", amp=True).save(tmp_path / "m.pt")
+    loaded = TrainedModel.load(tmp_path / "m.pt")
+    assert (loaded.vocab, loaded.max_len, loaded.truncate, loaded.amp) == (VOCAB, 7, "head", True)
+    assert loaded.model.config == model.config
     ids, lengths = torch.randint(2, 50, (3, 5)), torch.tensor([5, 2, 4])
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids, lengths), model(ids, lengths))
+        torch.testing.assert_close(loaded.model(ids, lengths), model(ids, lengths))
+
+
+def test_model_file_alone_scores_raw_text_with_its_own_vocab_and_max_len(tmp_path):
+    TrainedModel(make_model().float(), VOCAB, 3, "head", amp=False).save(tmp_path / "m.pt")
+    trained = TrainedModel.load(tmp_path / "m.pt")
+    encoded = trained.encode(pd.Series(["waa <b>WAB</b> nope wac wad", ""]))
+    assert encoded.ids.tolist() == [[2, 3, 1], [0, 0, 0]]  # cut to 3, unknown -> 1, tags gone
+    assert encoded.lengths.tolist() == [3, 0]
+    direct = torch.sigmoid(trained.model(encoded.ids, encoded.lengths)).detach().numpy()
+    np.testing.assert_allclose(
+        trained.probabilities(pd.Series(["waa wab nope wac wad", ""])), direct
+    )
 
 
 def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path):
-    model = make_model()
-    save(model, tmp_path / "a.pt")
-    save(model, tmp_path / "b.pt")
+    trained = TrainedModel(make_model(), VOCAB, 7, "tail", amp=False)
+    trained.save(tmp_path / "a.pt")
+    trained.save(tmp_path / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def test_a_model_file_without_its_vocabulary_is_named(tmp_path):
+    model = make_model()
+    torch.save(
+        {"config": vars(model.config), "state_dict": model.state_dict()}, tmp_path / "old.pt"
+    )
+    with pytest.raises(
+        PipelineError, match=r"old.pt: cannot rebuild the model \(KeyError: 'vocab'\)"
+    ):
+        TrainedModel.load(tmp_path / "old.pt")

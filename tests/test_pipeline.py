@@ -9,10 +9,11 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from stages import predict as predict_stage
-from tests.conftest import dvc, run
+from tests.conftest import SMALL, dvc, run, write_params
 from zimdb import errors
+from zimdb import predict as predict_command
 
 
 def test_dvc_repro_builds_model_metrics_and_plots(built):
@@ -42,12 +43,12 @@ def test_second_repro_runs_nothing(built):
 
 
 def predict(root, *args, check=True) -> subprocess.CompletedProcess:
-    """`python -m stages.predict ARGS` in `root`, run in this process: the same main() and the
+    """`python -m zimdb.predict ARGS` in `root`, run in this process: the same main() and the
     same error handling, without a second or more of imports per call."""
     out, err, code = io.StringIO(), io.StringIO(), 0
     with contextlib.chdir(root), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            errors.run(lambda: predict_stage.main(list(args)))
+            errors.run(lambda: predict_command.main(list(args)))
         except SystemExit as e:
             code = e.code
     if check and code != 0:
@@ -75,7 +76,7 @@ def test_predict_arguments_and_txt_file(built):
         [
             sys.executable,
             "-m",
-            "stages.predict",
+            "zimdb.predict",
             "A wonderful, moving film.",
             "Dull and far too long.",
         ],
@@ -123,4 +124,76 @@ def test_predict_errors_are_one_line(built):
         untrained = predict(root, "hi", check=False)
     finally:
         (root / "model.bak").rename(root / "data/model.pt")
-    assert untrained.returncode == 2 and "run `dvc repro`" in untrained.stderr
+    assert untrained.returncode == 2 and "(`uv run dvc repro`)" in untrained.stderr
+
+
+def test_predict_scores_with_the_models_own_vocab_and_settings(built):
+    """After params.yaml's encode section changes and vocab.txt is gone, without a rerun,
+    predict still scores as evaluate did: model.pt carries what it was trained with."""
+    root, _ = built
+    raw = pd.read_parquet(root / "data/raw/test.parquet")
+    evaluated = pd.read_parquet(root / "data/predictions/test.parquet")
+    params, vocab = (root / "params.yaml").read_text(), (root / "data/vocab.txt").read_bytes()
+    write_params(root, **{**SMALL, "encode.max_len": 5, "encode.truncate": "head"})
+    (root / "data/vocab.txt").unlink()
+    try:
+        raw.iloc[:20][["text"]].to_parquet(root / "first.parquet")
+        out = pd.read_csv(io.StringIO(predict(root, "--file", "first.parquet").stdout))
+    finally:
+        (root / "params.yaml").write_text(params)
+        (root / "data/vocab.txt").write_bytes(vocab)
+    np.testing.assert_allclose(out.probability, evaluated.probability.iloc[:20], atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_predict_output_format_follows_the_extension(built, suffix):
+    root, _ = built
+    reference = pd.read_csv(io.StringIO(predict(root, "Great film.", "Awful.").stdout))
+    predict(root, "Great film.", "Awful.", "--output", f"out{suffix}")
+    path = root / f"out{suffix}"
+    read = {".csv": pd.read_csv, ".parquet": pd.read_parquet}.get(
+        suffix, lambda p: pd.read_json(p, lines=True)
+    )
+    written = read(path)
+    assert written.columns.tolist() == ["text", "label", "probability"]
+    assert written.text.tolist() == ["Great film.", "Awful."]
+    np.testing.assert_allclose(written.probability, reference.probability, atol=1e-6)
+
+
+BAD_INPUTS = {
+    "binary.csv": (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "binary.csv: not UTF-8 text"),
+    "malformed.csv": (b'text,x\n"a,1\nb,2,3,4\n', "malformed.csv: not a readable CSV file"),
+    "empty.csv": (b"", "empty.csv is empty"),
+    "header.csv": (b"text\n", "header.csv holds no reviews"),
+    "fake.parquet": (b"text\nnot parquet\n", "fake.parquet: not a parquet file"),
+    "binary.txt": (b"ok\n\x00\x01\x02\xff", "binary.txt: not text (it holds NUL bytes"),
+    "latin1.txt": ("caf\u00e9".encode("latin-1"), "latin1.txt: not UTF-8 text"),
+    "reviews.xlsx": (b"PK", "reviews.xlsx: expected a .txt, .csv or .parquet file"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_predict_refuses_unreadable_files_in_one_line(built, name):
+    root, _ = built
+    data, message = BAD_INPUTS[name]
+    (root / name).write_bytes(data)
+    result = predict(root, "--file", name, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"error: --file {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("no/such/folder/out.csv", "folder no/such/folder does not exist"),
+        ("out.json", "expected a .csv, .parquet, .jsonl file name"),
+        ("out", "expected a .csv, .parquet, .jsonl file name"),
+    ],
+)
+def test_predict_refuses_bad_outputs_before_any_work(built, output, message):
+    root, _ = built
+    result = predict(root, "Great film.", "--output", output, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: --output {output}: {message}"
+    assert not (root / output).exists() and not list(root.glob("*.tmp"))

@@ -16,8 +16,10 @@ from stages import train as train_stage
 from tests.conftest import ROOT, interruptible, python_env, write_params
 from zimdb import distributed
 from zimdb.artifacts import encoded_dtype, write_encoded, write_vocab
-from zimdb.batching import Encoded, logits
-from zimdb.model import load
+from zimdb.batching import Encoded
+from zimdb.inference import logits
+from zimdb.paths import TRAIN_STATE
+from zimdb.trained_model import TrainedModel
 
 TINY = {
     "train.embedding_dim": 16,
@@ -100,7 +102,7 @@ def state(root) -> dict:
 
 
 def checkpoint_epoch(root) -> int:
-    path = root / "data/train_checkpoint.pt"
+    path = root / TRAIN_STATE
     return torch.load(path, weights_only=True)["epoch"] if path.exists() else 0
 
 
@@ -132,7 +134,7 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, uninterrupted, sig)
     assert not (cut / "data/model.pt").exists()  # no partial output for DVC or evaluate
 
     resumed = train_here(cut)
-    assert f"resuming from data/train_checkpoint.pt: epoch {done} of {epochs} done" in resumed
+    assert f"resuming from {TRAIN_STATE}: epoch {done} of {epochs} done" in resumed
     a, b = state(whole), state(cut)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     curves = [json.loads((r / "dvclive/train/metrics.json").read_text()) for r in (whole, cut)]
@@ -148,7 +150,7 @@ def test_checkpoint_from_other_params_is_not_resumed(tmp_path):
     assert "is from other inputs or params; starting afresh" in train_here(root)
     write_params(root, **TINY, **constant, **{"train.epochs": 3, "train.lr": 0.003})
     # More epochs at a constant learning rate continue the finished run...
-    assert "resuming from data/train_checkpoint.pt: epoch 2 of 3 done" in train_here(root)
+    assert f"resuming from {TRAIN_STATE}: epoch 2 of 3 done" in train_here(root)
     # ...but a cosine schedule over more epochs is another schedule from the first step.
     write_params(root, **TINY, **{"train.epochs": 3, "train.lr_schedule": "cosine"})
     train_here(root)
@@ -204,7 +206,7 @@ def test_ddp_with_gloo_on_two_processes(tmp_path, monkeypatch, capfd):
     # val metrics the two processes reduced from their halves.
     val_records = np.load(root / "data/encoded/val.npy")
     val = Encoded.from_records(val_records, torch.device("cpu"))
-    out = logits(load(root / "data/model.pt"), val, 64, torch.autocast("cpu", enabled=False))
+    out = logits(TrainedModel.load(root / "data/model.pt").model, val, 64, contextlib.nullcontext())
     val_acc = ((out > 0) == (val.labels > 0.5)).float().mean().item()
     val_loss = torch.nn.functional.binary_cross_entropy_with_logits(out, val.labels).item()
     assert curves["val"]["acc"] == pytest.approx(val_acc, abs=1e-6)

@@ -40,7 +40,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
 def _damaged(path: Path, stage: str, why: str) -> PipelineError:
     return PipelineError(
         f"{path}: {why}; it was damaged or edited by hand, recreate it with "
-        f"`dvc repro --force {stage}`"
+        f"`uv run dvc repro --force {stage}`"
     )
 
 
@@ -53,7 +53,7 @@ def read_table(path: str | Path, stage: str, columns: dict[str, str]) -> pd.Data
     """A parquet table written by `stage`, checked to have `columns` of the given dtype kinds."""
     path = Path(path)
     if not path.exists():
-        raise PipelineError(f"{path} not found: run `dvc repro {stage}` first")
+        raise PipelineError(f"{path} not found: run `uv run dvc repro {stage}` first")
     try:
         df = pd.read_parquet(path)
     except (OSError, pa.ArrowException) as e:
@@ -77,7 +77,7 @@ def write_vocab(words: list[str], path: str | Path) -> None:
 def read_vocab(path: str | Path, stage: str = "vocab") -> list[str]:
     path = Path(path)
     if not path.exists():
-        raise PipelineError(f"{path} not found: run `dvc repro {stage}` first")
+        raise PipelineError(f"{path} not found: run `uv run dvc repro {stage}` first")
     words = path.read_text().split("\n")[:-1]
     if len(words) < 3 or len(set(words)) != len(words) or any(not w for w in words):
         raise _damaged(path, stage, "expected one distinct word per line, PAD and UNK first")
@@ -98,7 +98,7 @@ def write_encoded(records: np.ndarray, path: str | Path) -> None:
 def read_encoded(path: str | Path, vocab_size: int, stage: str = "encode") -> np.ndarray:
     path = Path(path)
     if not path.exists():
-        raise PipelineError(f"{path} not found: run `dvc repro {stage}` first")
+        raise PipelineError(f"{path} not found: run `uv run dvc repro {stage}` first")
     try:
         records = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:

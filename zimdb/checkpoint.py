@@ -21,8 +21,9 @@ from types import SimpleNamespace
 import torch
 
 from zimdb.artifacts import atomic_path
+from zimdb.paths import TRAIN_STATE
 
-PATH = Path("data/train_checkpoint.pt")
+PATH = TRAIN_STATE
 
 
 def fingerprint(p: SimpleNamespace, inputs: list[Path], world_size: int) -> str:

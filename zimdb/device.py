@@ -1,6 +1,6 @@
-"""Choosing the torch device from params, and the machine's matmul rate to compare against."""
+"""Choosing the torch device from params, and the precision to compute in on it."""
 
-import time
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -18,20 +18,11 @@ def resolve(name: str, key: str) -> torch.device:
     return torch.device(name)
 
 
-def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
-    """FLOP/s of square matmuls measured now: the ceiling a training loop is compared with."""
-    size = 4096 if device.type == "cuda" else 1024  # big enough to keep a GPU busy per launch
-    # Its own generator: drawing from the global one would shift dropout masks after a resume.
-    gen = torch.Generator(device).manual_seed(0)
-    a = torch.rand(size, size, device=device, generator=gen).to(dtype)
-    b = torch.rand(size, size, device=device, generator=gen).to(dtype)
-    a @ b  # warm-up: kernel selection and thread pool start
-    n, start = 0, time.perf_counter()
-    while True:
-        a @ b
-        n += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return 2 * size**3 * n / elapsed
+def uses_amp(device: torch.device, amp: bool) -> bool:
+    """fp16 autocast trades precision for GPU speed; on a CPU it would only slow things down."""
+    return amp and device.type == "cuda"
+
+
+def autocast(device: torch.device, amp: bool) -> AbstractContextManager:
+    """The one precision context of a run: fp16 autocast where uses_amp, else none."""
+    return torch.autocast("cuda", dtype=torch.float16) if uses_amp(device, amp) else nullcontext()

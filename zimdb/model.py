@@ -1,13 +1,25 @@
-"""SentimentLSTM, and saving/loading it with the config needed to rebuild it."""
+"""SentimentLSTM and the config it is built from."""
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from zimdb.artifacts import atomic_path
-from zimdb.errors import PipelineError
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that shapes a SentimentLSTM; model.pt stores it to rebuild the model."""
+
+    vocab_size: int
+    embedding_dim: int = 128
+    hidden_dim: int = 256
+    num_layers: int = 1
+    bidirectional: bool = False
+    pooling: str = "last"  # last: state at the last real token; max: max over real tokens
+    dropout: float = 0.0
+    word_dropout: float = 0.0
+    forget_bias: float = 0.0  # shapes the initial weights only
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -56,49 +68,26 @@ class SentimentLSTM(nn.Module):
     architecture; "max" pooling takes the maximum over the real tokens instead.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        embedding_dim: int = 128,
-        hidden_dim: int = 256,
-        num_layers: int = 1,
-        bidirectional: bool = False,
-        pooling: str = "last",
-        dropout: float = 0.0,
-        forget_bias: float = 0.0,
-        word_dropout: float = 0.0,
-    ):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        # forget_bias shapes the initial weights only, so it is not needed to rebuild a model.
-        self.config = dict(
-            vocab_size=vocab_size,
-            embedding_dim=embedding_dim,
-            hidden_dim=hidden_dim,
-            num_layers=num_layers,
-            bidirectional=bidirectional,
-            pooling=pooling,
-            dropout=dropout,
-            word_dropout=word_dropout,
-        )
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
-        dirs = 2 if bidirectional else 1
+        self.config = config
+        dirs = 2 if config.bidirectional else 1
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=0)
         self.layers = nn.ModuleList(
             LSTMLayer(
-                embedding_dim if i == 0 else hidden_dim * dirs,
-                hidden_dim,
-                bidirectional,
-                forget_bias,
+                config.embedding_dim if i == 0 else config.hidden_dim * dirs,
+                config.hidden_dim,
+                config.bidirectional,
+                config.forget_bias,
             )
-            for i in range(num_layers)
+            for i in range(config.num_layers)
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(config.dropout)
         # Zeroes whole word vectors ([batch, time, dim] read as Dropout1d's [N, C, L]), so the
         # model learns to judge a review with some of its words missing ("word dropout", Iyyer et
         # al., 2015) rather than with a little noise on each.
-        self.word_dropout = nn.Dropout1d(word_dropout)
-        self.head = nn.Linear(hidden_dim * dirs, 1)
-        self.pooling = pooling
-        self.hidden_dim = hidden_dim
+        self.word_dropout = nn.Dropout1d(config.word_dropout)
+        self.head = nn.Linear(config.hidden_dim * dirs, 1)
         self.grad_checkpointing = False
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -112,43 +101,22 @@ class SentimentLSTM(nn.Module):
                 h = checkpoint(layer, h, lengths, use_reentrant=False)
             else:
                 h = layer(h, lengths)
-        if self.pooling == "max":
+        if self.config.pooling == "max":
             real = torch.arange(h.shape[1], device=h.device) < lengths[:, None]
             pooled = h.masked_fill(~real[:, :, None], float("-inf")).amax(dim=1)
         else:
             last = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
             # The backward direction has read the whole review when it reaches position 0.
-            pooled = torch.cat([last[:, : self.hidden_dim], h[:, 0, self.hidden_dim :]], dim=-1)
+            pooled = torch.cat(
+                [last[:, : self.config.hidden_dim], h[:, 0, self.config.hidden_dim :]], dim=-1
+            )
         return self.head(self.dropout(pooled)).squeeze(-1)
 
     def flops_per_token(self) -> int:
         """Multiply-adds x2 of one token's forward pass through the LSTM layers and the head."""
-        dirs = 2 if self.config["bidirectional"] else 1
+        dirs = 2 if self.config.bidirectional else 1
         total = 0
         for layer in self.layers:
             lstm = layer.forward_lstm
             total += dirs * 2 * 4 * lstm.hidden_size * (lstm.input_size + lstm.hidden_size)
         return total
-
-
-def save(model: SentimentLSTM, path: str | Path) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    # Through a file object: given a path, torch.save names the archive's root folder after the
-    # (random) temporary file, and the same weights would give different bytes every run.
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save({"config": model.config, "state_dict": state}, f)
-
-
-def load(path: str | Path, device: torch.device | str = "cpu") -> SentimentLSTM:
-    path = Path(path)
-    if not path.exists():
-        raise PipelineError(f"{path} not found: train the model first (run `dvc repro`)")
-    try:
-        saved = torch.load(path, map_location=device, weights_only=True)
-        model = SentimentLSTM(**saved["config"])
-        model.load_state_dict(saved["state_dict"])
-    except Exception as e:  # any damage to the file reads as one message
-        raise PipelineError(
-            f"{path}: cannot rebuild the model ({e}); recreate it with `dvc repro --force train`"
-        ) from None
-    return model.to(device).eval()
