@@ -93,14 +93,7 @@ class SentimentLSTM(nn.Module):
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits [batch] for token ids [batch, time] with `lengths` real tokens per row."""
         lengths = lengths.clamp(min=1)  # an empty review is read as its single PAD
-        h = self.word_dropout(self.embedding(ids))
-        for layer in self.layers:
-            h = self.dropout(h)
-            if self.grad_checkpointing and self.training:
-                # Recompute the layer in backward instead of storing its gate activations.
-                h = checkpoint(layer, h, lengths, use_reentrant=False)
-            else:
-                h = layer(h, lengths)
+        h = self.states(ids, lengths)
         if self.config.pooling == "max":
             real = torch.arange(h.shape[1], device=h.device) < lengths[:, None]
             pooled = h.masked_fill(~real[:, :, None], float("-inf")).amax(dim=1)
@@ -111,6 +104,18 @@ class SentimentLSTM(nn.Module):
                 [last[:, : self.config.hidden_dim], h[:, 0, self.config.hidden_dim :]], dim=-1
             )
         return self.head(self.dropout(pooled)).squeeze(-1)
+
+    def states(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The last layer's outputs [batch, time, directions x hidden_dim] at every position."""
+        h = self.word_dropout(self.embedding(ids))
+        for layer in self.layers:
+            h = self.dropout(h)
+            if self.grad_checkpointing and self.training:
+                # Recompute the layer in backward instead of storing its gate activations.
+                h = checkpoint(layer, h, lengths, use_reentrant=False)
+            else:
+                h = layer(h, lengths)
+        return h
 
     def flops_per_token(self) -> int:
         """Multiply-adds x2 of one token's forward pass through the LSTM layers and the head."""
