@@ -1,10 +1,9 @@
 """Stage train: SentimentLSTM on the train split; the epoch with the best val accuracy is kept.
 
 On CUDA: fp16 autocast with GradScaler and gradient checkpointing of the LSTM layers. Everywhere:
-gradient accumulation over train.grad_accum_steps micro-batches, each window weighted by its own
-number of samples, clipping after unscaling, a resumable checkpoint after every epoch, and
-data-parallel training when train.nproc_per_node > 1 or when started by torchrun.
-Writes data/model.pt and the curves under dvclive/train.
+gradient accumulation over train.grad_accum_steps micro-batches, clipping after unscaling, a
+resumable state after every epoch, and data-parallel training when train.nproc_per_node > 1 or
+when started by torchrun. Writes data/model.pt and the curves under dvclive/train.
 """
 
 import math
@@ -18,46 +17,19 @@ from dvclive import Live
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from zimdb import checkpoint, distributed, params
+from zimdb import distributed, params
 from zimdb.artifacts import read_encoded, read_vocab
 from zimdb.batching import Encoded, batch_indices
-from zimdb.device import autocast as precision
-from zimdb.device import resolve
+from zimdb.device import autocast, peak_flops, resolve, uses_amp
 from zimdb.errors import PipelineError, run
 from zimdb.inference import logits
 from zimdb.model import ModelConfig, SentimentLSTM
 from zimdb.paths import ENCODED, MODEL, TRAIN_LIVE, VOCAB
+from zimdb.train_state import TrainState, fingerprint
 from zimdb.trained_model import TrainedModel
+from zimdb.training import Stepper, lr_factor
 
-
-def accumulate(model, micro_batches, autocast, scaler) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward over one accumulation window; returns its summed loss and correct count.
-
-    Each micro-batch's summed loss is divided by the window's sample count, so the accumulated
-    gradients are those of one batch holding all the window's samples, whatever the sizes of its
-    micro-batches (the last window of an epoch is usually short). Under DDP, gradients are
-    averaged across processes once, on the window's last micro-batch.
-    """
-    window_size = sum(len(labels) for _, _, labels in micro_batches)
-    total = torch.zeros((), device=micro_batches[0][2].device)
-    correct = torch.zeros((), device=total.device, dtype=torch.long)
-    for i, (ids, lengths, labels) in enumerate(micro_batches):
-        if isinstance(model, DDP):
-            model.require_backward_grad_sync = i == len(micro_batches) - 1
-        with autocast:
-            out = model(ids, lengths)
-        loss = F.binary_cross_entropy_with_logits(out.float(), labels, reduction="sum")
-        scaler.scale(loss / window_size).backward()
-        total += loss.detach()
-        correct += ((out > 0) == (labels > 0.5)).sum()
-    return total, correct
-
-
-def lr_factor(schedule: str, steps: int):
-    """train.lr's multiplier at each optimizer step: 1, or a cosine from 1 down to 0 at `steps`."""
-    if schedule == "constant":
-        return lambda step: 1.0
-    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+LOG_EVERY = 20  # optimizer steps between looks at the loss: each look waits for the device
 
 
 def main() -> None:
@@ -65,27 +37,17 @@ def main() -> None:
     device = resolve(p.device, "train.device")
     if p.nproc_per_node > 1 and not distributed.launched_by_torchrun():
         sys.exit(distributed.relaunch("stages.train", p.nproc_per_node))
-    cuda = device.type == "cuda"
-    group = distributed.init(cuda)
-    if cuda:
+    group = distributed.init(device.type == "cuda")
+    if device.type == "cuda":
         device = torch.device("cuda", group.local_rank)
-    log = print if group.is_main else lambda *a, **k: None
-    # AMP and checkpointing trade precision and recomputation for GPU speed and memory; on a CPU
-    # they would only slow training down, so they apply to CUDA alone and the log says so.
-    use_amp, use_ckpt = p.amp and cuda, p.grad_checkpointing and cuda
-    log(
-        f"device {device} x {group.world_size}; amp {'on (fp16)' if use_amp else 'off'}; "
-        f"gradient checkpointing {'on' if use_ckpt else 'off'}"
-        + ("" if cuda else " (amp and checkpointing apply to CUDA only)")
-    )
 
+    # --- setup: data, model, optimizer, the state a resumed run continues
     vocab = read_vocab(VOCAB)
-    vocab_size = len(vocab)
-    train = Encoded.from_records(read_encoded(ENCODED / "train.npy", vocab_size), device)
-    val = Encoded.from_records(read_encoded(ENCODED / "val.npy", vocab_size), device)
+    train = Encoded.from_records(read_encoded(ENCODED / "train.npy", len(vocab)), device)
+    val = Encoded.from_records(read_encoded(ENCODED / "val.npy", len(vocab)), device)
     torch.manual_seed(p.seed)  # the same initial weights in every process
     config = ModelConfig(
-        vocab_size,
+        len(vocab),
         p.embedding_dim,
         p.hidden_dim,
         p.num_layers,
@@ -95,91 +57,51 @@ def main() -> None:
         p.word_dropout,
         p.forget_bias,
     )
-    raw_model = SentimentLSTM(config).to(device)
-    raw_model.grad_checkpointing = use_ckpt
-    optimizer = torch.optim.Adam(raw_model.parameters(), lr=p.lr)
-    batches = range(math.ceil(len(train) / p.batch_size))
-    steps = p.epochs * math.ceil(len(distributed.shard(batches, group)) / p.grad_accum_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(p.lr_schedule, steps))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    autocast = precision(device, p.amp)
-    # Batch order: the same in every process (each takes its shard of it).
-    rng = np.random.default_rng(p.seed)
-    torch.manual_seed(p.seed + group.rank)  # dropout: different in every process
-
-    inputs = [VOCAB, ENCODED / "train.npy", ENCODED / "val.npy"]
-    fingerprint = checkpoint.fingerprint(p, inputs, group.world_size)
-    state = checkpoint.load(fingerprint, p.epochs, device) if group.is_main else None
-    if group.enabled:  # every process resumes from what rank 0 found
-        shared = [state]
-        torch.distributed.broadcast_object_list(shared, src=0, device=device if cuda else None)
-        state = shared[0]
-    history, best = [], {"epoch": 0, "acc": -1.0, "state": None}
-    if state:
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"].cpu())
-        history, best = state["history"], state["best"]
-    model = (
-        DDP(raw_model, device_ids=[device.index] if cuda else None) if group.enabled else raw_model
+    model = SentimentLSTM(config).to(device)
+    # Recomputation buys GPU memory; a CPU has memory to spare and would only lose time.
+    model.grad_checkpointing = p.grad_checkpointing and device.type == "cuda"
+    amp = uses_amp(device, p.amp)
+    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
+    batches = math.ceil(len(train) / p.batch_size) // group.world_size
+    steps = p.epochs * math.ceil(batches / p.grad_accum_steps)
+    stepper = Stepper(
+        DDP(model, device_ids=[device.index] if device.index is not None else None)
+        if group.enabled
+        else model,
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(p.lr_schedule, steps)),
+        torch.amp.GradScaler("cuda", enabled=amp),
+        autocast(device, p.amp),
+        p.grad_clip,
     )
-
-    live = None
+    inputs = [VOCAB, ENCODED / "train.npy", ENCODED / "val.npy"]
+    state = TrainState(
+        stepper, model, np.random.default_rng(p.seed), fingerprint(p, inputs, group.world_size)
+    )
+    torch.manual_seed(p.seed + group.rank)  # dropout: different in every process
+    state.restore(p.epochs, device, group)
+    peak = peak_flops(device, p.amp)
+    flops_per_sample_token = 3 * model.flops_per_token()  # forward + backward, no recompute
+    live = Live(str(TRAIN_LIVE), dvcyaml=None, save_dvc_exp=False) if group.is_main else None
     if group.is_main:
-        live = Live(str(TRAIN_LIVE), dvcyaml=None, save_dvc_exp=False)
-        for logged in history:  # DVC cleared dvclive/train before this run: replay resumed epochs
+        print(
+            f"device {device} x {group.world_size}; amp {'on (fp16)' if amp else 'off'}; gradient "
+            f"checkpointing {'on' if model.grad_checkpointing else 'off'}"
+            + ("" if device.type == "cuda" else " (amp and checkpointing apply to CUDA only)")
+        )
+        for logged in state.history:  # DVC cleared dvclive/train: replay the resumed epochs
             for name, value in logged.items():
                 live.log_metric(name, value)
             live.next_step()
 
-    for epoch in range(len(history) + 1, p.epochs + 1):
-        model.train()
-        batches = batch_indices(train.lengths_np, p.batch_size, rng)
-        batches = distributed.shard(batches, group)
-        windows = [
-            batches[i : i + p.grad_accum_steps] for i in range(0, len(batches), p.grad_accum_steps)
-        ]
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen, tokens, start = 0, 0, time.perf_counter()
-        bar = tqdm(
-            windows, desc=f"epoch {epoch}/{p.epochs}", unit="step", disable=not group.is_main
-        )
-        for step, window in enumerate(bar, 1):
-            micro_batches = [train.batch(idx) for idx in window]
-            window_loss, window_correct = accumulate(model, micro_batches, autocast, scaler)
-            if not torch.isfinite(window_loss):
-                raise PipelineError(
-                    f"train loss became {window_loss.item()} at epoch {epoch}, step {step}; "
-                    f"lower train.lr (now {p.lr}) or set train.grad_clip (now {p.grad_clip})"
-                )
-            if p.grad_clip > 0:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), p.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            window_size = sum(len(idx) for idx in window)
-            loss_sum += window_loss
-            correct += window_correct
-            seen += window_size
-            tokens += sum(ids.numel() for ids, _, _ in micro_batches)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{window_loss.item() / window_size:.4f}")
-        if cuda:
+    # --- epochs
+    for epoch in range(state.epoch + 1, p.epochs + 1):
+        start = time.perf_counter()
+        loss_sum, correct, seen, tokens = train_epoch(p, epoch, stepper, state.rng, train, group)
+        if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-
-        # Validation is sharded like training; sums over all processes give the full split.
-        shard = np.arange(group.rank, len(val), group.world_size)
-        val_logits = logits(raw_model, val.subset(shard), 4 * p.batch_size, autocast)
-        val_labels = val.labels[torch.from_numpy(shard).to(device)]
-        val_loss_sum = F.binary_cross_entropy_with_logits(val_logits, val_labels, reduction="sum")
-        val_correct = ((val_logits > 0) == (val_labels > 0.5)).sum()
+        val_loss_sum, val_correct = evaluate_shard(model, val, group, 4 * p.batch_size, stepper)
         totals = distributed.all_sum(group, loss_sum, correct, val_loss_sum, val_correct)
         train_seen = seen * group.world_size  # every process saw the same number of windows
         metrics = {
@@ -190,47 +112,80 @@ def main() -> None:
             "epoch_time_s": seconds,
             "samples_per_s": train_seen / seconds,
         }
-        log(
-            f"epoch {epoch}/{p.epochs}: train loss {metrics['train/loss']:.4f} "
-            f"acc {metrics['train/acc']:.4f} | val loss {metrics['val/loss']:.4f} "
-            f"acc {metrics['val/acc']:.4f} | {seconds:.1f} s, {metrics['samples_per_s']:.0f} "
-            "samples/s"
-        )
+        achieved = flops_per_sample_token * tokens * group.world_size / seconds
+        if peak:
+            metrics["utilisation"] = achieved / (peak * group.world_size)
         if not math.isfinite(metrics["val/loss"]):
             raise PipelineError(
                 f"val loss is {metrics['val/loss']} after epoch {epoch}; lower train.lr"
             )
-        history.append(metrics)
-        if group.is_main:  # rank 0 alone keeps the best weights, checkpoints and saves
-            if metrics["val/acc"] > best["acc"]:
-                state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
-                best = {"epoch": epoch, "acc": metrics["val/acc"], "state": state}
+        state.end_epoch(metrics)
+        if group.is_main:  # rank 0 alone logs, keeps the resumable state and saves
+            print(
+                f"epoch {epoch}/{p.epochs}: train loss {metrics['train/loss']:.4f} "
+                f"acc {metrics['train/acc']:.4f} | val loss {metrics['val/loss']:.4f} "
+                f"acc {metrics['val/acc']:.4f} | {seconds:.1f} s, "
+                f"{metrics['samples_per_s']:.0f} samples/s, {achieved / 1e9:.0f} GFLOP/s"
+                + (f" ({metrics['utilisation']:.0%} of peak)" if peak else "")
+            )
             for name, value in metrics.items():
                 live.log_metric(name, value)
             live.next_step()
-            checkpoint.save(
-                {
-                    "fingerprint": fingerprint,
-                    "epoch": epoch,
-                    "model": raw_model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "numpy_rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(),
-                    "history": history,
-                    "best": best,
-                }
-            )
+            state.save()
 
+    # --- save
     if group.is_main:
-        live.summary["best/epoch"], live.summary["best/val_acc"] = best["epoch"], best["acc"]
+        live.summary["best/epoch"], live.summary["best/val_acc"] = state.best_epoch, state.best_acc
         live.end()
-        raw_model.load_state_dict(best["state"])
+        model.load_state_dict(state.best_weights)
         encode = params.load("encode")
-        TrainedModel(raw_model, vocab, encode.max_len, encode.truncate, use_amp).save(MODEL)
-        log(f"saved {MODEL}: epoch {best['epoch']}, val accuracy {best['acc']:.4f}")
+        TrainedModel(model, vocab, encode.max_len, encode.truncate, amp).save(MODEL)
+        print(f"saved {MODEL}: epoch {state.best_epoch}, val accuracy {state.best_acc:.4f}")
     distributed.shutdown(group)
+
+
+def train_epoch(p, epoch: int, stepper: Stepper, rng, train: Encoded, group):
+    """One pass over this process's share of the train split; sums stay on the device."""
+    stepper.model.train()
+    batches = batch_indices(train.lengths_np, p.batch_size, rng, together=group.world_size)
+    batches = distributed.shard(batches, group)
+    windows = [
+        batches[i : i + p.grad_accum_steps] for i in range(0, len(batches), p.grad_accum_steps)
+    ]
+    device = train.ids.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.zeros((), device=device, dtype=torch.long)  # 0: every step finite so far
+    seen = tokens = 0
+    bar = tqdm(windows, desc=f"epoch {epoch}/{p.epochs}", unit="step", disable=not group.is_main)
+    for step, window in enumerate(bar, 1):
+        micro_batches = [train.batch(idx) for idx in window]
+        window_loss, window_correct = stepper.step(micro_batches)
+        # Noted on the device, read at the next look: a check every step would stall a GPU.
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(window_loss), step, first_bad)
+        loss_sum += window_loss
+        correct += window_correct
+        size = sum(len(idx) for idx in window)
+        seen += size
+        tokens += sum(ids.numel() for ids, _, _ in micro_batches)
+        if step % LOG_EVERY == 0 or step == len(windows):
+            bad, loss = torch.stack([first_bad.double(), window_loss.double() / size]).tolist()
+            if bad:
+                raise PipelineError(
+                    f"train loss became non-finite at epoch {epoch}, step {int(bad)}; lower "
+                    f"train.lr (now {p.lr}) or set train.grad_clip (now {p.grad_clip})"
+                )
+            bar.set_postfix(loss=f"{loss:.4f}")
+    return loss_sum, correct, seen, tokens
+
+
+def evaluate_shard(model, val: Encoded, group, batch_size: int, stepper: Stepper):
+    """Summed val loss and correct count of this process's share; all_sum gives the whole."""
+    shard = np.arange(group.rank, len(val), group.world_size)
+    val_logits = logits(model, val.subset(shard), batch_size, stepper.autocast)
+    labels = val.labels[torch.from_numpy(shard).to(val.labels.device)]
+    loss_sum = F.binary_cross_entropy_with_logits(val_logits, labels, reduction="sum")
+    return loss_sum, ((val_logits > 0) == (labels > 0.5)).sum()
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from stages.train import accumulate
 from zimdb.batching import Encoded, batch_indices
 from zimdb.errors import PipelineError
 from zimdb.model import ModelConfig, SentimentLSTM, reverse_within_length
 from zimdb.trained_model import TrainedModel
+from zimdb.training import Stepper
 
 ARCHITECTURES = [
     dict(),  # the original: one layer, one direction, last real token
@@ -19,7 +19,14 @@ ARCHITECTURES = [
     dict(num_layers=2, bidirectional=True, pooling="max"),
     dict(num_layers=2, pooling="max"),
 ]
-NO_SCALER = torch.amp.GradScaler("cuda", enabled=False)
+
+
+def accumulate(model, window):
+    """Stepper.backward as the train stage runs it on CPU: fp32, no scaling."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    return Stepper(model, optimizer, scheduler, scaler, nullcontext(), 0.0).backward(window)
 
 
 def make_model(**kw) -> SentimentLSTM:
@@ -75,7 +82,10 @@ def test_forget_bias_shifts_only_the_forget_gates_of_every_lstm(arch):
 def test_word_dropout_zeroes_whole_word_vectors_in_training_only():
     model = make_model(word_dropout=0.5)
     ids, lengths = torch.randint(2, 50, (8, 30)), torch.full((8,), 30)
-    vectors = model.word_dropout(model.embedding(ids))
+    seen = []  # what the LSTM reads, captured inside the model's own forward
+    model.layers[0].register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    model.train()(ids, lengths)
+    vectors = seen[-1]
     dropped = (vectors == 0).all(dim=-1)
     assert 0.3 < dropped.float().mean() < 0.7  # 240 draws at p = 0.5
     torch.testing.assert_close(vectors[~dropped], 2 * model.embedding(ids)[~dropped])
@@ -114,12 +124,10 @@ def test_accumulated_micro_batches_give_the_gradients_of_one_batch(arch, sizes):
     edges = np.cumsum([0, *sizes])
     micro = [data.batch(np.arange(a, b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
     micro = [(ids, lengths, labels.double()) for ids, lengths, labels in micro]
-    loss, correct = accumulate(model, micro, nullcontext(), NO_SCALER)
+    loss, correct = accumulate(model, micro)
     accumulated = _grads(model)
     ids, lengths, labels = data.batch(np.arange(len(data)))
-    whole_loss, whole_correct = accumulate(
-        model, [(ids, lengths, labels.double())], nullcontext(), NO_SCALER
-    )
+    whole_loss, whole_correct = accumulate(model, [(ids, lengths, labels.double())])
     whole = _grads(model)
     assert accumulated.keys() == whole.keys()
     for name in whole:
@@ -133,12 +141,26 @@ def test_last_partial_window_is_weighted_by_its_own_size():
     data = _data(2)
     model = make_model().train()
     a, b = data.batch(np.array([0])), data.batch(np.array([1]))
-    accumulate(model, [(i, n, y.double()) for i, n, y in (a, b)], nullcontext(), NO_SCALER)
+    accumulate(model, [(i, n, y.double()) for i, n, y in (a, b)])
     partial = _grads(model)
     ids, lengths, labels = data.batch(np.array([0, 1]))
-    accumulate(model, [(ids, lengths, labels.double())], nullcontext(), NO_SCALER)
+    accumulate(model, [(ids, lengths, labels.double())])
     for name, grad in _grads(model).items():
         torch.testing.assert_close(partial[name], grad, msg=name)
+
+
+def saved_bytes(model, ids, lengths) -> int:
+    """Bytes the forward pass keeps for backward, through the model's own forward."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(ids, lengths).sum().backward()
+    return total
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES[:3])
@@ -146,12 +168,22 @@ def test_checkpointing_gives_the_gradients_of_no_checkpointing(arch):
     data = _data(8)
     batch = [(ids, n, y.double()) for ids, n, y in [data.batch(np.arange(8))]]
     model = make_model(**arch).train()
-    accumulate(model, batch, nullcontext(), NO_SCALER)
+    accumulate(model, batch)
     plain = _grads(model)
     model.grad_checkpointing = True
-    accumulate(model, batch, nullcontext(), NO_SCALER)
+    accumulate(model, batch)
     for name, grad in _grads(model).items():
         torch.testing.assert_close(grad, plain[name], msg=name)
+
+
+def test_checkpointing_keeps_a_fraction_of_the_activations_for_backward():
+    model = SentimentLSTM(ModelConfig(50, embedding_dim=16, hidden_dim=64)).train()
+    ids, lengths = torch.randint(2, 50, (16, 250)), torch.full((16,), 250)
+    plain = saved_bytes(model, ids, lengths)
+    model.grad_checkpointing = True
+    kept = saved_bytes(model, ids, lengths)
+    # Forward keeps only chunk inputs and (h, c) at chunk edges, not 250 steps of gates.
+    assert kept < plain / 4, (kept, plain)
 
 
 def test_bucketed_batches_cover_every_row_once_and_group_lengths():
@@ -162,6 +194,20 @@ def test_bucketed_batches_cover_every_row_once_and_group_lengths():
     assert padded < 0.6 * 1000 * 250  # far less padding than cutting every row to max_len
     again = batch_indices(lengths, 16, np.random.default_rng(1))
     assert all((x == y).all() for x, y in zip(batches, again, strict=True))
+
+
+def test_batches_dealt_together_have_about_the_same_width():
+    lengths = np.random.default_rng(0).integers(1, 250, 2000)
+    for together in (2, 3):
+        batches = batch_indices(lengths, 16, np.random.default_rng(1), together)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(2000))
+        widths = np.array([lengths[b].max() for b in batches])
+        steps = widths[: len(widths) - len(widths) % together].reshape(-1, together)
+        apart = batch_indices(lengths, 16, np.random.default_rng(1))
+        free = np.array([lengths[b].max() for b in apart])[: steps.size].reshape(-1, together)
+        # A step waits for its widest batch: dealt together, it waits a tenth as long.
+        spread, free_spread = np.ptp(steps, axis=1).mean(), np.ptp(free, axis=1).mean()
+        assert spread < free_spread / 5, (spread, free_spread)
 
 
 VOCAB = ["<pad>", "<unk>"] + [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(48)]

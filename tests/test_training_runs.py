@@ -20,6 +20,7 @@ from zimdb.batching import Encoded
 from zimdb.inference import logits
 from zimdb.paths import TRAIN_STATE
 from zimdb.trained_model import TrainedModel
+from zimdb.training import lr_factor
 
 TINY = {
     "train.embedding_dim": 16,
@@ -31,7 +32,7 @@ TINY = {
 
 
 def make_data(root, n_train=960, n_val=160, vocab_size=60, max_len=40):
-    """Encoded splits where words 2-5 are positive, 6-9 negative: learnable in an epoch."""
+    """Encoded splits whose last three words are 2-5 (positive) or 6-9 (negative)."""
     rng = np.random.default_rng(0)
     write_vocab(
         ["<pad>", "<unk>"] + [f"w{i}" for i in range(vocab_size - 2)], root / "data/vocab.txt"
@@ -44,7 +45,8 @@ def make_data(root, n_train=960, n_val=160, vocab_size=60, max_len=40):
         cue = np.where(
             records["label"][:, None] == 1, rng.integers(2, 6, (n, 1)), rng.integers(6, 10, (n, 1))
         )
-        ids[:, :3] = cue
+        last = records["length"][:, None] - 1 - np.arange(3)  # the cue ends each review
+        np.put_along_axis(ids, last, cue, axis=1)
         records["ids"] = ids * (np.arange(max_len) < records["length"][:, None])
         write_encoded(records, root / f"data/encoded/{split}.npy")
 
@@ -103,7 +105,7 @@ def state(root) -> dict:
 
 def checkpoint_epoch(root) -> int:
     path = root / TRAIN_STATE
-    return torch.load(path, weights_only=True)["epoch"] if path.exists() else 0
+    return len(torch.load(path, weights_only=True)["history"]) if path.exists() else 0
 
 
 EPOCHS = 3
@@ -114,6 +116,11 @@ def uninterrupted(tmp_path_factory):
     root = workdir(tmp_path_factory.mktemp("whole"), "whole", **{"train.epochs": EPOCHS})
     train_here(root)
     return root
+
+
+def test_a_run_on_learnable_data_beats_chance(uninterrupted):
+    summary = json.loads((uninterrupted / "dvclive/train/metrics.json").read_text())
+    assert summary["best/val_acc"] > 0.9  # words 2-5 positive, 6-9 negative: separable
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
@@ -159,9 +166,9 @@ def test_checkpoint_from_other_params_is_not_resumed(tmp_path):
 
 
 def test_cosine_schedule_decays_from_lr_to_zero_over_the_run():
-    factor = train_stage.lr_factor("cosine", 100)
+    factor = lr_factor("cosine", 100)
     assert [factor(s) for s in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0])
-    assert train_stage.lr_factor("constant", 100)(70) == 1.0
+    assert lr_factor("constant", 100)(70) == 1.0
 
 
 def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
@@ -178,7 +185,9 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
         return out * float("nan") if len(calls) == 3 else out
 
     monkeypatch.setattr(SentimentLSTM, "forward", poisoned)
-    with pytest.raises(PipelineError, match=r"train loss became nan at epoch 1, step 2; lower"):
+    with pytest.raises(
+        PipelineError, match=r"train loss became non-finite at epoch 1, step 2; lower"
+    ):
         train_stage.main()
     assert not (root / "data/model.pt").exists()
 

@@ -45,17 +45,26 @@ class Encoded:
 
 
 def batch_indices(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None = None
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None = None, together: int = 1
 ) -> list[np.ndarray]:
-    """Index arrays, one per batch. With `rng`: a random epoch order; without: sorted by length."""
+    """Index arrays, one per batch. With `rng`: a random epoch order; without: sorted by length.
+
+    With `together` = k, the order is shuffled in runs of k consecutive batches of a
+    length-sorted chunk, so the k data-parallel processes of one step get batches of about the
+    same width and none waits long for another.
+    """
     if rng is None:
         order = np.argsort(lengths, kind="stable")
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     order = rng.permutation(len(lengths))
-    chunk = batch_size * BUCKET_BATCHES
-    batches = []
+    chunk = batch_size * together * -(-BUCKET_BATCHES // together)  # whole runs per chunk
+    runs = []
     for start in range(0, len(order), chunk):
         part = order[start : start + chunk]
         part = part[np.argsort(lengths[part], kind="stable")]
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
+        batches = [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        runs += [batches[i : i + together] for i in range(0, len(batches), together)]
+    # Only the last chunk can end in a short run; it goes last so every other run stays aligned
+    # with the processes' steps.
+    short = runs.pop() if runs and len(runs[-1]) < together else []
+    return [batch for i in rng.permutation(len(runs)) for batch in runs[i]] + short

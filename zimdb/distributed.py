@@ -72,6 +72,15 @@ def all_sum(group: Group, *values: torch.Tensor) -> list[torch.Tensor]:
     return list(stacked.unbind())
 
 
+def broadcast(group: Group, obj, device: torch.device):
+    """Rank 0's `obj` in every process (itself in a group of one)."""
+    if not group.enabled:
+        return obj
+    shared = [obj]
+    dist.broadcast_object_list(shared, src=0, device=device if device.type == "cuda" else None)
+    return shared[0]
+
+
 def shutdown(group: Group) -> None:
     if group.enabled:
         dist.destroy_process_group()

@@ -1,0 +1,109 @@
+"""The train stage's resumable state, kept between runs in data/train_state.pt.
+
+It is the stage's own file, not a DVC output: DVC never caches, pushes or restores it, so a
+clone that pulled the pipeline's outputs is up to date without it, and a killed run can leave
+it behind without DVC taking it for a result.
+
+Written atomically after every epoch. A run resumes from it only when it was made from the same
+inputs and train params and has epochs left to do; anything else starts afresh. With a constant
+learning rate train.epochs is left out of that comparison, so raising it continues a finished
+run; a cosine schedule is shaped by the number of epochs, so there it counts. Everything that
+decides the next epoch is kept — weights, optimizer, scheduler and scaler state, both random
+generators, the best epoch so far and the logged history — so on CPU a resumed run ends with the
+same model as one never interrupted.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from zimdb.artifacts import atomic_path
+from zimdb.distributed import Group, broadcast
+from zimdb.paths import TRAIN_STATE
+from zimdb.training import Stepper
+
+
+def fingerprint(p: SimpleNamespace, inputs: list[Path], world_size: int) -> str:
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in vars(p).items() if k != "epochs" or p.lr_schedule != "constant"}
+    digest.update(json.dumps([settings, world_size], sort_keys=True).encode())
+    for path in inputs:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class TrainState:
+    """What a run has done so far, bound to the objects it saves and restores."""
+
+    stepper: Stepper
+    model: torch.nn.Module  # the plain model, never the DDP wrapper
+    rng: np.random.Generator  # batch order
+    fingerprint: str
+    history: list[dict] = field(default_factory=list)  # one dict of metrics per finished epoch
+    best_epoch: int = 0
+    best_acc: float = -1.0
+    best_weights: dict | None = None
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    def end_epoch(self, metrics: dict) -> None:
+        self.history.append(metrics)
+        if metrics["val/acc"] > self.best_acc:
+            self.best_epoch, self.best_acc = self.epoch, metrics["val/acc"]
+            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def save(self, path: Path = TRAIN_STATE) -> None:
+        state = {
+            "fingerprint": self.fingerprint,
+            "model": self.model.state_dict(),
+            "optimizer": self.stepper.optimizer.state_dict(),
+            "schedule": self.stepper.schedule.state_dict(),
+            "scaler": self.stepper.scaler.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "best": (self.best_epoch, self.best_acc, self.best_weights),
+        }
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
+
+    def restore(self, epochs: int, device: torch.device, group: Group, path=TRAIN_STATE) -> None:
+        """Continue the saved run if it can be continued, else start afresh. Rank 0 decides
+        (and says why); every process then resumes from what it read."""
+        state = self._continuable(epochs, device, path) if group.is_main else None
+        state = broadcast(group, state, device)
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.stepper.optimizer.load_state_dict(state["optimizer"])
+        self.stepper.schedule.load_state_dict(state["schedule"])
+        self.stepper.scaler.load_state_dict(state["scaler"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.history = state["history"]
+        self.best_epoch, self.best_acc, self.best_weights = state["best"]
+
+    def _continuable(self, epochs: int, device: torch.device, path: Path) -> dict | None:
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as e:  # unreadable: a fresh start is always correct, so say so and go on
+            print(f"{path} is unreadable ({type(e).__name__}); starting afresh")
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            print(f"{path} is from other inputs or params; starting afresh")
+            return None
+        if len(state["history"]) >= epochs:
+            print(f"{path} has all {epochs} epochs done; starting afresh")
+            return None
+        print(f"resuming from {path}: epoch {len(state['history'])} of {epochs} done")
+        return state
