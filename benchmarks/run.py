@@ -27,11 +27,12 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from stages.train import accumulate
 from zimdb.artifacts import read_encoded, read_vocab
-from zimdb.batching import Encoded, batch_indices, logits
-from zimdb.device import matmul_flops
-from zimdb.model import SentimentLSTM
+from zimdb.batching import Encoded, batch_indices
+from zimdb.device import CPU_PEAK
+from zimdb.inference import logits
+from zimdb.model import ModelConfig, SentimentLSTM
+from zimdb.training import Stepper
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared/data/aclImdb_v1_labeled.tar.gz"
@@ -54,6 +55,23 @@ def data_stages(archive: Path, work: Path, stages: list[str] = DATA_STAGES) -> d
         )
         times[stage] = time.perf_counter() - start
     return times
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
+    """FLOP/s of square matmuls measured now: the ceiling a training loop is compared with."""
+    size = 4096 if device.type == "cuda" else 1024  # big enough to keep a GPU busy per launch
+    a = torch.rand(size, size, device=device).to(dtype)
+    b = torch.rand(size, size, device=device).to(dtype)
+    a @ b  # warm-up: kernel selection and thread pool start
+    n, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        n += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2 * size**3 * n / elapsed
 
 
 class OriginalDataset(Dataset):
@@ -118,14 +136,21 @@ def reference_eval(loader, batches: int) -> float:
 
 
 def project_train(train: Encoded, steps: int, checkpointing=False, autocast=None, accum=ACCUM):
-    """Samples/s, tokens/s of the train stage's loop (bucketed batches, accumulate()) over `steps`."""
+    """Samples/s, tokens/s of the train stage's loop (bucketed batches, Stepper) over `steps`."""
     torch.manual_seed(0)
     device = train.ids.device
-    model = SentimentLSTM(10000).to(device)
+    model = SentimentLSTM(ModelConfig(10000)).to(device)
     model.grad_checkpointing = checkpointing
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast is not None)
+    stepper = Stepper(
+        model,
+        opt,
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
+        torch.amp.GradScaler("cuda", enabled=autocast is not None),
+        autocast or nullcontext(),
+        1.0,
+    )
     batches = batch_indices(train.lengths_np, BATCH, np.random.default_rng(0))[:steps]
     seen = tokens = 0
     if device.type == "cuda":
@@ -133,10 +158,7 @@ def project_train(train: Encoded, steps: int, checkpointing=False, autocast=None
     start = time.perf_counter()
     for i in range(0, len(batches), accum):
         micro = [train.batch(idx) for idx in batches[i : i + accum]]
-        accumulate(model, micro, autocast or nullcontext(), scaler)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        stepper.step(micro)
         seen += sum(len(y) for _, _, y in micro)
         tokens += sum(ids.numel() for ids, _, _ in micro)
     if device.type == "cuda":
@@ -185,24 +207,28 @@ def lstm_shaped_matmul_flops(device: torch.device, steps: int, seconds: float = 
 
 
 def project_eval(data: Encoded) -> float:
-    model = SentimentLSTM(10000).to(data.ids.device)
+    model = SentimentLSTM(ModelConfig(10000)).to(data.ids.device)
     start = time.perf_counter()
     logits(model, data, 256, nullcontext())
     return len(data) / (time.perf_counter() - start)
 
 
-def peak_rss_mb(checkpointing: bool, encoded: Path, steps: int) -> float:
-    """Peak RSS of a fresh process running `steps` train micro-batches."""
+def peak_rss_mb(checkpointing: bool, encoded: Path, steps: int) -> tuple[float, float]:
+    """Peak RSS of a fresh process before and after `steps` train micro-batches on the longest
+    reviews (full 250-token batches: the step that sets a run's peak)."""
     code = (
         "import resource, sys, torch; from benchmarks.run import *; "
         f"t = Encoded.from_records(read_encoded('{encoded}', 10000), torch.device('cpu')); "
-        f"project_train(t, {steps}, checkpointing={checkpointing}); "
+        "t = t.subset(np.argsort(t.lengths_np)[-8 * BATCH:]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); "
+        f"project_train(t, {steps}, checkpointing={checkpointing}, accum=1); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True
     )
-    return int(out.stdout.split()[-1]) / 1024
+    before, after = (int(v) / 1024 for v in out.stdout.split()[-2:])
+    return before, after
 
 
 def noop_repro(archive: Path, work: Path, repeats: int = 3) -> list[float]:
@@ -240,7 +266,7 @@ def predict_speed(work: Path) -> tuple[float, float] | None:
     project's trained model (None when data/model.pt does not exist yet)."""
     if not (ROOT / "data/model.pt").exists():
         return None
-    cmd = [sys.executable, "-m", "stages.predict"]
+    cmd = [sys.executable, "-m", "zimdb.predict"]
     start = time.perf_counter()
     subprocess.run([*cmd, "A wonderful film."], cwd=ROOT, check=True, capture_output=True)
     first = time.perf_counter() - start
@@ -309,12 +335,16 @@ def main() -> None:
             f"  evaluation: reference {ref_eval:.0f}/s, project {ours_eval:.0f}/s, ratio {ours_eval / ref_eval:.2f} x"
         )
 
-        achieved = 3 * SentimentLSTM(10000).flops_per_token() * tokens_per_s
+        achieved = 3 * SentimentLSTM(ModelConfig(10000)).flops_per_token() * tokens_per_s
         print("\n(e) utilisation")
         shaped = lstm_shaped_matmul_flops(device, round(train.lengths_np.mean()))
         print(
             f"  matmul {before / 1e9:.0f} / {after / 1e9:.0f} GFLOP/s before / after the loop; "
             f"LSTM loop {achieved / 1e9:.0f} GFLOP/s = {achieved / peak:.0%} of the faster"
+        )
+        print(
+            f"  zimdb.device.CPU_PEAK, what the train stage reports against: "
+            f"{CPU_PEAK / 1e9:.0f} GFLOP/s"
         )
         print(
             f"  the LSTM's own matmul shapes alone: {shaped / 1e9:.0f} GFLOP/s = {shaped / peak:.0%} "
@@ -332,8 +362,11 @@ def main() -> None:
         else:
             encoded = work / "data/encoded/train.npy"
             for ckpt in (False, True):
+                before, after = peak_rss_mb(ckpt, encoded, 8)
                 print(
-                    f"  checkpointing {ckpt!s:<5}: peak RSS {peak_rss_mb(ckpt, encoded, 8):.0f} MiB"
+                    f"  checkpointing {ckpt!s:<5}: peak RSS {before:.0f} MiB with the data "
+                    f"loaded, {after:.0f} MiB after 8 steps of 64 x 250 tokens: "
+                    f"+{after - before:.0f} MiB for training"
                 )
 
         print("\n(d) CUDA: AMP and accumulation")

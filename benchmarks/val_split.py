@@ -18,8 +18,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from benchmarks.run import ARCHIVE, data_stages
-from stages.clean import split
 from zimdb import text
+from zimdb.split import split
 
 
 def accuracies(train: pd.DataFrame, others: list[pd.DataFrame], ngrams: int = 1) -> list[float]:
