@@ -1,3 +1,4 @@
+import ast
 import io
 import os
 import shutil
@@ -7,8 +8,11 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+
+from zimdb.artifacts import encoded_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "aclImdb_v1_labeled.tar.gz"
@@ -100,9 +104,14 @@ def make_project(root: Path, **overrides) -> Path:
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, root / name)
     write_params(root, **overrides)
+    git_init(root)
+    return root
+
+
+def git_init(root: Path) -> None:
+    """A git repository of everything in `root`, committed (DVC and dvclive expect one)."""
     run(["git", "init", "-q"], root)
     commit(root, "copy")
-    return root
 
 
 def commit(root: Path, message: str) -> None:
@@ -130,19 +139,103 @@ SMALL = {
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory):
-    """A project copy after one `dvc repro` on SMALL, committed (dvc.lock and metrics) as a
-    baseline, and that run's output. Tests that change it restore it (see clean_project)."""
+def shared_archive() -> Path:
     if not SHARED_ARCHIVE.exists():
         pytest.skip(f"{SHARED_ARCHIVE} is absent (CI and the dev machines have it)")
+    return SHARED_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, shared_archive):
+    """A project copy after one `dvc repro` on SMALL, committed (dvc.lock and metrics) as a
+    baseline, and that run's output. Tests that change it restore it (see clean_project)."""
     root = make_project(tmp_path_factory.mktemp("built") / "project", **SMALL)
     first = dvc("repro", cwd=root)
     commit(root, "baseline run")
     return root, first
 
 
-@pytest.fixture
-def shared_archive() -> Path:
-    if not SHARED_ARCHIVE.exists():
-        pytest.skip(f"{SHARED_ARCHIVE} is absent (CI and the dev machines have it)")
-    return SHARED_ARCHIVE
+def encoded_records(
+    n: int, max_len: int, vocab_size: int, min_len: int = 1, seed: int = 0
+) -> np.ndarray:
+    """Random encoded reviews as the encode stage lays them out: ids >= 2 up to each length,
+    PAD after it, labels 0/1."""
+    rng = np.random.default_rng(seed)
+    records = np.zeros(n, dtype=encoded_dtype(vocab_size, max_len))
+    records["length"] = rng.integers(min_len, max_len + 1, n)
+    ids = rng.integers(2, vocab_size, (n, max_len))
+    records["ids"] = ids * (np.arange(max_len) < records["length"][:, None])
+    records["label"] = rng.integers(0, 2, n)
+    return records
+
+
+# dvc.yaml as the code implies it: each stage's imports and the params.yaml sections it loads.
+
+
+def stages() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def module_file(cmd: str) -> Path:
+    prefix = "python -m "
+    assert cmd.startswith(prefix), cmd
+    return Path(*cmd[len(prefix) :].split(".")).with_suffix(".py")
+
+
+def project_imports(path: Path) -> set[Path]:
+    """Project files `path` imports, directly or through other project modules."""
+    found: set[Path] = set()
+    todo = [path]
+    while todo:
+        tree = ast.parse((ROOT / todo.pop()).read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                candidate = Path(*name.split(".")).with_suffix(".py")
+                if (ROOT / candidate).is_file() and candidate not in found:
+                    found.add(candidate)
+                    todo.append(candidate)
+    return found
+
+
+def sections_read(path: Path) -> set[str]:
+    """Sections of params.yaml the module loads with params.load("<section>")."""
+    tree = ast.parse((ROOT / path).read_text())
+    return {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "load"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "params"
+    }
+
+
+def expected_code_deps() -> dict[str, set[str]]:
+    return {
+        name: {str(p) for p in {module_file(s["cmd"])} | project_imports(module_file(s["cmd"]))}
+        for name, s in stages().items()
+    }
+
+
+def expected_params() -> dict[str, set[str]]:
+    all_params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return {
+        name: {
+            f"{sec}.{key}"
+            for sec in sections_read(module_file(s["cmd"]))
+            for key in all_params[sec]
+        }
+        for name, s in stages().items()
+    }
+
+
+def source_files() -> list[str]:
+    return sorted(
+        str(p.relative_to(ROOT)) for d in ("stages", "zimdb") for p in (ROOT / d).glob("*.py")
+    )

@@ -11,8 +11,19 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SMALL, commit, dvc, interruptible, python_env, run, write_params
-from tests.test_dvc_yaml import expected_code_deps, expected_params, source_files
+from tests.conftest import (
+    ROOT,
+    SMALL,
+    commit,
+    dvc,
+    expected_code_deps,
+    expected_params,
+    interruptible,
+    python_env,
+    run,
+    source_files,
+    write_params,
+)
 from zimdb.params import SCHEMA
 from zimdb.paths import TRAIN_STATE
 
@@ -92,7 +103,7 @@ def test_real_reruns_stop_where_bytes_stop_changing(clean_project):
     assert diff["params.yaml"]["train.lr"]["new"] == 0.003
     metrics = json.loads(dvc("metrics", "diff", "--json", cwd=root).stdout)
     loss = metrics["dvclive/evaluate/metrics.json"]["loss"]  # only changed metrics are listed
-    assert loss["diff"] == pytest.approx(loss["new"] - loss["old"]) and loss["diff"] != 0
+    assert loss["new"] != loss["old"]
     dvc("plots", "diff", "--out", "plots_diff", cwd=root)
     assert "ROC" in (root / "plots_diff/index.html").read_text()
 
@@ -168,13 +179,9 @@ def test_push_then_pull_in_a_fresh_clone_needs_no_rerun(clean_project, tmp_path)
 
 
 # Ctrl-C through DVC here; SIGKILL of the stage itself is in test_training_runs.
-@pytest.mark.parametrize("sig", [signal.SIGINT])
-def test_interrupted_train_leaves_nothing_dvc_would_use(clean_project, sig):
+def test_interrupted_train_leaves_nothing_dvc_would_use(clean_project):
     root = clean_project
-    # A learning rate of its own per signal: DVC's run-cache would otherwise restore the run
-    # the other case completed instead of training.
-    lr = {signal.SIGINT: 0.002, signal.SIGKILL: 0.0025}[sig]
-    write_params(root, **(SMALL | {"train.epochs": 15, "train.lr": lr}))
+    write_params(root, **(SMALL | {"train.epochs": 15, "train.lr": 0.002}))
     checkpoint = root / TRAIN_STATE
     checkpoint.unlink(missing_ok=True)
     proc = subprocess.Popen(
@@ -190,7 +197,7 @@ def test_interrupted_train_leaves_nothing_dvc_would_use(clean_project, sig):
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # train has finished its first epoch once the checkpoint exists
-    os.killpg(proc.pid, sig)  # as Ctrl-C does: the whole foreground process group
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: the whole foreground process group
     proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert not (root / "data/model.pt").exists()

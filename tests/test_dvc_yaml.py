@@ -4,81 +4,9 @@ Derived from the code itself (imports and `params.load(...)` calls), so a module
 later without its dvc.yaml entry fails here; test_dvc_workflow checks DVC acts on it.
 """
 
-import ast
-from pathlib import Path
-
 import yaml
 
-from tests.conftest import ROOT
-
-
-def stages() -> dict[str, dict]:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-
-
-def module_file(cmd: str) -> Path:
-    prefix = "python -m "
-    assert cmd.startswith(prefix), cmd
-    return Path(*cmd[len(prefix) :].split(".")).with_suffix(".py")
-
-
-def project_imports(path: Path) -> set[Path]:
-    """Project files `path` imports, directly or through other project modules."""
-    found: set[Path] = set()
-    todo = [path]
-    while todo:
-        tree = ast.parse((ROOT / todo.pop()).read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            for name in names:
-                candidate = Path(*name.split(".")).with_suffix(".py")
-                if (ROOT / candidate).is_file() and candidate not in found:
-                    found.add(candidate)
-                    todo.append(candidate)
-    return found
-
-
-def sections_read(path: Path) -> set[str]:
-    """Sections of params.yaml the module loads with params.load("<section>")."""
-    tree = ast.parse((ROOT / path).read_text())
-    return {
-        node.args[0].value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "load"
-        and isinstance(node.func.value, ast.Name)
-        and node.func.value.id == "params"
-    }
-
-
-def expected_code_deps() -> dict[str, set[str]]:
-    return {
-        name: {str(p) for p in {module_file(s["cmd"])} | project_imports(module_file(s["cmd"]))}
-        for name, s in stages().items()
-    }
-
-
-def expected_params() -> dict[str, set[str]]:
-    all_params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    return {
-        name: {
-            f"{sec}.{key}"
-            for sec in sections_read(module_file(s["cmd"]))
-            for key in all_params[sec]
-        }
-        for name, s in stages().items()
-    }
-
-
-def source_files() -> list[str]:
-    return sorted(
-        str(p.relative_to(ROOT)) for d in ("stages", "zimdb") for p in (ROOT / d).glob("*.py")
-    )
+from tests.conftest import ROOT, expected_code_deps, expected_params, source_files, stages
 
 
 def test_code_deps_are_exactly_the_imported_files():

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.conftest import encoded_records
 from zimdb.batching import Encoded, batch_indices
 from zimdb.errors import PipelineError
 from zimdb.model import ModelConfig, SentimentLSTM, reverse_within_length
@@ -100,14 +101,7 @@ def test_reverse_within_length_keeps_padding_in_place():
 
 
 def _data(n: int) -> Encoded:
-    rng = np.random.default_rng(0)
-    records = np.zeros(
-        n, dtype=[("ids", np.uint16, (9,)), ("length", np.int32), ("label", np.uint8)]
-    )
-    records["length"] = rng.integers(1, 10, n)
-    records["ids"] = rng.integers(2, 50, (n, 9)) * (np.arange(9) < records["length"][:, None])
-    records["label"] = rng.integers(0, 2, n)
-    return Encoded.from_records(records, torch.device("cpu"))
+    return Encoded.from_records(encoded_records(n, 9, 50), torch.device("cpu"))
 
 
 def _grads(model) -> dict[str, torch.Tensor]:

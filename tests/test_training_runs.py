@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from stages import train as train_stage
-from tests.conftest import ROOT, interruptible, python_env, write_params
+from tests.conftest import ROOT, encoded_records, git_init, interruptible, python_env, write_params
 from zimdb import distributed
-from zimdb.artifacts import encoded_dtype, write_encoded, write_vocab
+from zimdb.artifacts import write_encoded, write_vocab
 from zimdb.batching import Encoded
 from zimdb.inference import logits
 from zimdb.paths import TRAIN_STATE
@@ -33,21 +33,16 @@ TINY = {
 
 def make_data(root, n_train=960, n_val=160, vocab_size=60, max_len=40):
     """Encoded splits whose last three words are 2-5 (positive) or 6-9 (negative)."""
-    rng = np.random.default_rng(0)
     write_vocab(
         ["<pad>", "<unk>"] + [f"w{i}" for i in range(vocab_size - 2)], root / "data/vocab.txt"
     )
-    for split, n in (("train", n_train), ("val", n_val)):
-        records = np.zeros(n, dtype=encoded_dtype(vocab_size, max_len))
-        records["label"] = rng.integers(0, 2, n)
-        records["length"] = rng.integers(5, max_len + 1, n)
-        ids = rng.integers(10, vocab_size, (n, max_len))
-        cue = np.where(
-            records["label"][:, None] == 1, rng.integers(2, 6, (n, 1)), rng.integers(6, 10, (n, 1))
-        )
-        last = records["length"][:, None] - 1 - np.arange(3)  # the cue ends each review
-        np.put_along_axis(ids, last, cue, axis=1)
-        records["ids"] = ids * (np.arange(max_len) < records["length"][:, None])
+    for seed, (split, n) in enumerate((("train", n_train), ("val", n_val))):
+        records = encoded_records(n, max_len, vocab_size, min_len=5, seed=seed)
+        rng = np.random.default_rng(seed)
+        positive = records["label"][:, None] == 1
+        cue = np.where(positive, rng.integers(2, 6, (n, 3)), rng.integers(6, 10, (n, 3)))
+        last = records["length"][:, None] - 1 - np.arange(3)
+        np.put_along_axis(records["ids"], last, cue, axis=1)
         write_encoded(records, root / f"data/encoded/{split}.npy")
 
 
@@ -78,24 +73,7 @@ def workdir(tmp_path, name, **overrides):
     root.mkdir()
     make_data(root)
     write_params(root, **TINY, **overrides)
-    # dvclive expects a git repository with a commit, as a clone of the project is.
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run(
-        [
-            "git",
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            "x",
-        ],
-        cwd=root,
-        check=True,
-    )
+    git_init(root)
     return root
 
 
