@@ -80,7 +80,7 @@ def main() -> None:
     )
     torch.manual_seed(p.seed + group.rank)  # dropout: different in every process
     state.restore(p.epochs, device, group)
-    peak = peak_flops(device, p.amp)
+    peak = peak_flops(device, p.amp, group.local_world_size)
     flops_per_sample_token = 3 * model.flops_per_token()  # forward + backward, no recompute
     live = Live(str(TRAIN_LIVE), dvcyaml=None, save_dvc_exp=False) if group.is_main else None
     if group.is_main:

@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 
+import annotated_types
 import pytest
 import yaml
 
@@ -24,7 +26,7 @@ from tests.conftest import (
     source_files,
     write_params,
 )
-from zimdb.params import SCHEMA
+from zimdb.params import Params
 from zimdb.paths import TRAIN_STATE
 
 STAGES = ["download", "clean", "vocab", "encode", "train", "evaluate"]
@@ -45,15 +47,16 @@ def ran(result: subprocess.CompletedProcess) -> set[str]:
 
 def changed_value(key: str, value):
     """A different value that params.yaml still accepts."""
-    field = SCHEMA[key.split(".")[0]][key.split(".")[1]]
-    if field.choices:
-        return next(c for c in field.choices if c != value)
-    if field.kind is bool:
+    section, name = key.split(".")
+    field = Params.model_fields[section].annotation.model_fields[name]
+    if typing.get_origin(field.annotation) is typing.Literal:
+        return next(c for c in typing.get_args(field.annotation) if c != value)
+    if field.annotation is bool:
         return not value
-    if field.kind is str:
+    if field.annotation is str:
         return value + "-changed"
-    if field.kind is float and field.hi is not None:
-        return value / 2 if value else field.hi / 2
+    if field.annotation is float and any(isinstance(m, annotated_types.Lt) for m in field.metadata):
+        return value / 2 if value else 0.5
     return value + 1
 
 

@@ -54,10 +54,11 @@ GPU_PEAK = {
 CPU_PEAK = 168e9
 
 
-def peak_flops(device: torch.device, amp: bool) -> float | None:
-    """The FLOP/s a run's utilisation is reported against; None for a GPU not in the table."""
+def peak_flops(device: torch.device, amp: bool, processes_here: int = 1) -> float | None:
+    """One process's peak FLOP/s, what its utilisation is reported against; None for a GPU not
+    in the table. A GPU is one process's own; the CPU is shared by the processes on it."""
     if device.type != "cuda":
-        return CPU_PEAK
+        return CPU_PEAK / processes_here
     name = torch.cuda.get_device_name(device)
     for model, (fp16, fp32) in GPU_PEAK.items():
         if model in name:

@@ -18,6 +18,7 @@ class Group:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    local_world_size: int = 1  # processes on this machine
 
     @property
     def is_main(self) -> bool:
@@ -45,7 +46,10 @@ def init(cuda: bool) -> Group:
     if not launched_by_torchrun():
         return Group()
     group = Group(
-        int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        int(os.environ["RANK"]),
+        int(os.environ["LOCAL_RANK"]),
+        int(os.environ["WORLD_SIZE"]),
+        int(os.environ["LOCAL_WORLD_SIZE"]),
     )
     if cuda:
         torch.cuda.set_device(group.local_rank)

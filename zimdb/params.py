@@ -1,136 +1,135 @@
-"""params.yaml: its schema, and validation before any stage does work.
+"""params.yaml: its schema as pydantic models, and validation before any stage does work.
 
 Every key of the file is declared here with its type and range, so a typo, a missing key or a
-value out of range fails fast with the key named, instead of deep inside a stage.
+value out of range fails fast with the key named, instead of deep inside a stage. Strict: no
+`epochs: true` or `lr: "0.1"` read as numbers; integers are accepted where a float is meant.
 """
 
-from dataclasses import dataclass
+import typing
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import Literal
 
+import annotated_types
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from zimdb.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
+Device = Literal["auto", "cpu", "cuda"]
 
 
-@dataclass(frozen=True)
-class Field:
-    kind: type
-    lo: float | None = None  # inclusive lower bound
-    hi: float | None = None  # exclusive upper bound
-    gt: float | None = None  # exclusive lower bound
-    choices: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        if self.choices:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-        bounds = [
-            f"> {self.gt}" if self.gt is not None else None,
-            f">= {self.lo}" if self.lo is not None else None,
-            f"< {self.hi}" if self.hi is not None else None,
-        ]
-        return " ".join([name[self.kind], " and ".join(b for b in bounds if b)]).strip()
-
-    def accepts(self, value: Any) -> bool:
-        if isinstance(value, bool) != (self.kind is bool):
-            return False  # bool is an int subclass in Python; `epochs: true` is a mistake
-        if self.kind is float:
-            if not isinstance(value, int | float):
-                return False
-        elif not isinstance(value, self.kind):
-            return False
-        if self.choices and value not in self.choices:
-            return False
-        if self.lo is not None and value < self.lo:
-            return False
-        if self.gt is not None and value <= self.gt:
-            return False
-        return self.hi is None or value < self.hi
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def choice(*options: str) -> Field:
-    return Field(str, choices=options)
+class Download(Section):
+    source: Literal["modelscope", "aclimdb"]
+    dataset: str
+    archive: str
+    limit: int = Field(ge=0)
 
 
-DEVICE = choice("auto", "cpu", "cuda")
-
-SCHEMA: dict[str, dict[str, Field]] = {
-    "download": {
-        "source": choice("modelscope", "aclimdb"),
-        "dataset": Field(str),
-        "archive": Field(str),
-        "limit": Field(int, lo=0),
-    },
-    "split": {
-        "val_fraction": Field(float, gt=0, hi=1),
-        "seed": Field(int, lo=0),
-        "group_by": choice("review", "movie"),
-    },
-    "vocab": {
-        "size": Field(int, lo=3),  # PAD, UNK and at least one word
-    },
-    "encode": {
-        "max_len": Field(int, lo=1),
-        "truncate": choice("head", "tail"),
-    },
-    "train": {
-        "embedding_dim": Field(int, lo=1),
-        "hidden_dim": Field(int, lo=1),
-        "num_layers": Field(int, lo=1),
-        "bidirectional": Field(bool),
-        "pooling": choice("last", "max"),
-        "dropout": Field(float, lo=0, hi=1),
-        "forget_bias": Field(float),
-        "word_dropout": Field(float, lo=0, hi=1),
-        "epochs": Field(int, lo=1),
-        "batch_size": Field(int, lo=1),
-        "lr": Field(float, gt=0),
-        "lr_schedule": choice("constant", "cosine"),
-        "grad_accum_steps": Field(int, lo=1),
-        "grad_clip": Field(float, lo=0),
-        "amp": Field(bool),
-        "grad_checkpointing": Field(bool),
-        "device": DEVICE,
-        "seed": Field(int, lo=0),
-        "nproc_per_node": Field(int, lo=1),
-    },
-    "evaluate": {
-        "batch_size": Field(int, lo=1),
-        "device": DEVICE,
-    },
-}
+class Split(Section):
+    val_fraction: float = Field(gt=0, lt=1)
+    seed: int = Field(ge=0)
+    group_by: Literal["review", "movie"]
 
 
-def validate(params: Any, source: Path = PARAMS_FILE) -> None:
+class Vocab(Section):
+    size: int = Field(ge=3)  # PAD, UNK and at least one word
+
+
+class Encode(Section):
+    max_len: int = Field(ge=1)
+    truncate: Literal["head", "tail"]
+
+
+class Train(Section):
+    embedding_dim: int = Field(ge=1)
+    hidden_dim: int = Field(ge=1)
+    num_layers: int = Field(ge=1)
+    bidirectional: bool
+    pooling: Literal["last", "max"]
+    dropout: float = Field(ge=0, lt=1)
+    forget_bias: float
+    word_dropout: float = Field(ge=0, lt=1)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    lr_schedule: Literal["constant", "cosine"]
+    grad_accum_steps: int = Field(ge=1)
+    grad_clip: float = Field(ge=0)
+    amp: bool
+    grad_checkpointing: bool
+    device: Device
+    seed: int = Field(ge=0)
+    nproc_per_node: int = Field(ge=1)
+
+
+class Evaluate(Section):
+    batch_size: int = Field(ge=1)
+    device: Device
+
+
+class Params(Section):
+    download: Download
+    split: Split
+    vocab: Vocab
+    encode: Encode
+    train: Train
+    evaluate: Evaluate
+
+
+def describe(field: FieldInfo) -> str:
+    """What a field accepts, in the words of the error messages."""
+    if typing.get_origin(field.annotation) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(field.annotation))
+    name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    bounds = {annotated_types.Gt: ">", annotated_types.Ge: ">=", annotated_types.Lt: "<"}
+    limits = [
+        f"{sign} {getattr(m, kind.__name__.lower())}"
+        for m in field.metadata
+        for kind, sign in bounds.items()
+        if isinstance(m, kind)
+    ]
+    return " ".join([name[field.annotation], " and ".join(limits)]).strip()
+
+
+def validate(params: typing.Any, source: Path = PARAMS_FILE) -> Params:
     if not isinstance(params, dict):
         raise PipelineError(
             f"{source}: expected a mapping of sections, got {type(params).__name__}"
         )
-    unknown = sorted(set(params) - set(SCHEMA))
-    if unknown:
-        raise PipelineError(f"{source}: unknown section {unknown[0]!r}; known: {', '.join(SCHEMA)}")
-    for section, fields in SCHEMA.items():
-        values = params.get(section)
-        if not isinstance(values, dict):
-            raise PipelineError(f"{source}: missing section {section!r}")
-        for key in sorted(set(values) - set(fields)):
+    try:
+        return Params.model_validate(params)
+    except ValidationError as e:
+        error = e.errors()[0]
+        loc = tuple(str(part) for part in error["loc"])
+        key = ".".join(loc)
+        known = Params.model_fields if len(loc) == 1 else Params.model_fields[loc[0]].annotation
+        if error["type"] == "extra_forbidden":
+            kind = "section" if len(loc) == 1 else "key"
+            shown = repr(key) if len(loc) == 1 else key
+            fields = known if len(loc) == 1 else known.model_fields
             raise PipelineError(
-                f"{source}: unknown key {section}.{key}; known: {', '.join(fields)}"
+                f"{source}: unknown {kind} {shown}; known: {', '.join(fields)}"
+            ) from None
+        if len(loc) == 1:
+            what = (
+                "missing section" if error["type"] == "missing" else "expected a mapping as section"
             )
-        for key, field in fields.items():
-            if key not in values:
-                raise PipelineError(f"{source}: missing key {section}.{key} ({field.describe()})")
-            if not field.accepts(values[key]):
-                raise PipelineError(
-                    f"{source}: {section}.{key} must be {field.describe()}, got {values[key]!r}"
-                )
+            raise PipelineError(f"{source}: {what} {key!r}") from None
+        field = known.model_fields[loc[1]]
+        if error["type"] == "missing":
+            raise PipelineError(f"{source}: missing key {key} ({describe(field)})") from None
+        raise PipelineError(
+            f"{source}: {key} must be {describe(field)}, got {error['input']!r}"
+        ) from None
 
 
-def load(section: str, path: Path = PARAMS_FILE) -> SimpleNamespace:
+def load(section: str, path: Path = PARAMS_FILE) -> Section:
     """The validated `section` of params.yaml; the whole file is checked first."""
     try:
         params = yaml.safe_load(path.read_text())
@@ -138,9 +137,4 @@ def load(section: str, path: Path = PARAMS_FILE) -> SimpleNamespace:
         raise PipelineError(f"{path} not found: run from the project root") from None
     except yaml.YAMLError as e:
         raise PipelineError(f"{path} is not valid YAML: {e}") from None
-    validate(params, path)
-    values = params[section]
-    fields = SCHEMA[section]
-    return SimpleNamespace(
-        **{k: float(v) if fields[k].kind is float else v for k, v in values.items()}
-    )
+    return getattr(validate(params, path), section)

@@ -17,20 +17,20 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from zimdb.artifacts import atomic_path
 from zimdb.distributed import Group, broadcast
+from zimdb.params import Train
 from zimdb.paths import TRAIN_STATE
 from zimdb.training import Stepper
 
 
-def fingerprint(p: SimpleNamespace, inputs: list[Path], world_size: int) -> str:
+def fingerprint(p: Train, inputs: list[Path], world_size: int) -> str:
     digest = hashlib.sha256()
-    settings = {k: v for k, v in vars(p).items() if k != "epochs" or p.lr_schedule != "constant"}
+    settings = p.model_dump(exclude={"epochs"} if p.lr_schedule == "constant" else set())
     digest.update(json.dumps([settings, world_size], sort_keys=True).encode())
     for path in inputs:
         digest.update(path.read_bytes())
