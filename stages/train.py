@@ -132,7 +132,10 @@ def main() -> None:
     live = None
     if group.is_main:
         live = Live(str(LIVE), dvcyaml=None, save_dvc_exp=False)
-        for logged in history:  # DVC cleared dvclive/train before this run: replay resumed epochs
+        # DVC cleared dvclive/train before this run: replay resumed epochs. dvclive's step is
+        # the epoch number, from 1 (the plots' x axis).
+        for epoch, logged in enumerate(history, 1):
+            live.step = epoch
             for name, value in logged.items():
                 live.log_metric(name, value)
             live.next_step()
@@ -212,6 +215,7 @@ def main() -> None:
             if metrics["val/acc"] > best["acc"]:
                 state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
                 best = {"epoch": epoch, "acc": metrics["val/acc"], "state": state}
+            live.step = epoch
             for name, value in metrics.items():
                 live.log_metric(name, value)
             live.next_step()

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from stages import predict as predict_stage
-from tests.conftest import dvc, run
+from tests.conftest import SMALL, dvc, run
 from zimdb import errors
 
 
@@ -24,7 +24,9 @@ def test_dvc_repro_builds_model_metrics_and_plots(built):
     assert set(scores) == {"loss", "accuracy", "precision", "recall", "f1", "roc_auc"}
     assert 0 <= scores["accuracy"] <= 1
     curves = json.loads((root / "dvclive/train/metrics.json").read_text())
-    assert curves["step"] == 1 and set(curves["val"]) == {"loss", "acc"}  # epochs at steps 0, 1
+    # dvclive's step is the epoch number: SMALL's 2 epochs are steps 1 and 2.
+    assert SMALL["train.epochs"] == 2
+    assert curves["step"] == 2 and set(curves["val"]) == {"loss", "acc"}
 
     shown = json.loads(dvc("metrics", "show", "--json", cwd=root).stdout)
     assert "dvclive/evaluate/metrics.json" in json.dumps(shown)
