@@ -1,13 +1,14 @@
 """Stage evaluate: the trained model on the test split.
 
 Writes dvclive/evaluate/metrics.json (loss, accuracy, precision, recall, f1, roc_auc), the ROC
-curve and confusion matrix under dvclive/evaluate/plots, and every test review's probability to
-data/predictions/test.parquet.
+curve and the confusion matrix (classes by name) under dvclive/evaluate/plots, and every test
+review's probability to data/predictions/test.parquet.
 """
 
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from zimdb.model import load
 
 TEST, VOCAB, MODEL = Path("data/encoded/test.npy"), Path("data/vocab.txt"), Path("data/model.pt")
 PREDICTIONS, LIVE = Path("data/predictions/test.parquet"), Path("dvclive/evaluate")
+CLASSES = np.array(["negative", "positive"])  # label 0, label 1
 
 
 def main() -> None:
@@ -50,7 +52,7 @@ def main() -> None:
         for name, value in scores.items():
             live.log_metric(name, value, plot=False)
         live.log_sklearn_plot("roc", y, prob)
-        live.log_sklearn_plot("confusion_matrix", y, pred)
+        live.log_sklearn_plot("confusion_matrix", CLASSES[y], CLASSES[pred])
     write_table(pd.DataFrame({"label": y, "probability": prob, "prediction": pred}), PREDICTIONS)
     print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 

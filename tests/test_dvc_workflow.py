@@ -13,6 +13,7 @@ import yaml
 
 from tests.conftest import ROOT, SMALL, commit, dvc, interruptible, python_env, run, write_params
 from tests.test_dvc_yaml import expected_code_deps, expected_params, source_files
+from tests.test_pipeline import PLOTS
 from zimdb.params import SCHEMA
 
 STAGES = ["download", "clean", "vocab", "encode", "train", "evaluate"]
@@ -94,6 +95,11 @@ def test_real_reruns_stop_where_bytes_stop_changing(clean_project):
     assert loss["diff"] == pytest.approx(loss["new"] - loss["old"]) and loss["diff"] != 0
     dvc("plots", "diff", "--out", "plots_diff", cwd=root)
     assert "ROC" in (root / "plots_diff/index.html").read_text()
+    # The same charts as `dvc plots show`, each drawing both runs (git-tracked dvclive files).
+    plots = json.loads(dvc("plots", "diff", "--json", cwd=root).stdout)
+    assert "errors" not in plots and list(plots["data"]) == list(PLOTS)
+    for plot_id, charts in plots["data"].items():
+        assert [sorted(c["revisions"]) for c in charts] == [["HEAD", "workspace"]], plot_id
 
     # download.dataset is not used with source aclimdb: download reruns, writes the same bytes,
     # and DVC stops there.
