@@ -1,10 +1,11 @@
 """Stage evaluate: the trained model on the test split.
 
 Writes dvclive/evaluate/metrics.json (loss, accuracy, precision, recall, f1, roc_auc), the ROC
-curve and confusion matrix under dvclive/evaluate/plots, and every test review's probability to
-data/predictions/test.parquet.
+curve and the confusion matrix (classes by name) under dvclive/evaluate/plots, and every test
+review's probability to data/predictions/test.parquet.
 """
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,8 @@ from zimdb.errors import run
 from zimdb.inference import logits
 from zimdb.paths import ENCODED, EVALUATE_LIVE, MODEL, PREDICTIONS
 from zimdb.trained_model import TrainedModel
+
+CLASSES = np.array(["negative", "positive"])  # label 0, label 1
 
 
 def main() -> None:
@@ -44,7 +47,7 @@ def main() -> None:
         for name, value in scores.items():
             live.log_metric(name, value, plot=False)
         live.log_sklearn_plot("roc", y, prob)
-        live.log_sklearn_plot("confusion_matrix", y, pred)
+        live.log_sklearn_plot("confusion_matrix", CLASSES[y], CLASSES[pred])
     write_table(pd.DataFrame({"label": y, "probability": prob, "prediction": pred}), PREDICTIONS)
     print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 

@@ -89,7 +89,10 @@ def main() -> None:
             f"checkpointing {'on' if model.grad_checkpointing else 'off'}"
             + ("" if device.type == "cuda" else " (amp and checkpointing apply to CUDA only)")
         )
-        for logged in state.history:  # DVC cleared dvclive/train: replay the resumed epochs
+        # DVC cleared dvclive/train: replay the resumed epochs. dvclive's step is the epoch
+        # number, from 1 (the plots' x axis).
+        for epoch, logged in enumerate(state.history, 1):
+            live.step = epoch
             for name, value in logged.items():
                 live.log_metric(name, value)
             live.next_step()
@@ -128,6 +131,7 @@ def main() -> None:
                 f"{metrics['samples_per_s']:.0f} samples/s, {achieved / 1e9:.0f} GFLOP/s"
                 + (f" ({metrics['utilisation']:.0%} of peak)" if peak else "")
             )
+            live.step = epoch
             for name, value in metrics.items():
                 live.log_metric(name, value)
             live.next_step()

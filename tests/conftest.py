@@ -169,6 +169,32 @@ def encoded_records(
     return records
 
 
+TRAIN_PLOTS, EVALUATE_PLOTS = "dvclive/train/plots/metrics", "dvclive/evaluate/plots/sklearn"
+# Every chart of `dvc plots show` / `dvc plots diff`: id, title, x and y fields, the files drawn.
+# dvclive writes more files than these (speed per epoch); none of them may become a chart.
+PLOTS = {
+    "Accuracy": (
+        "Accuracy per epoch (train, val)",
+        "step",
+        "acc",
+        [f"{TRAIN_PLOTS}/train/acc.tsv", f"{TRAIN_PLOTS}/val/acc.tsv"],
+    ),
+    "Loss": (
+        "Loss per epoch (train, val)",
+        "step",
+        "loss",
+        [f"{TRAIN_PLOTS}/train/loss.tsv", f"{TRAIN_PLOTS}/val/loss.tsv"],
+    ),
+    "ROC": ("ROC curve (test)", "fpr", "tpr", [f"{EVALUATE_PLOTS}/roc.json"]),
+    "Confusion matrix": (
+        "Confusion matrix (test, threshold 0.5)",
+        "predicted",
+        "actual",
+        [f"{EVALUATE_PLOTS}/confusion_matrix.json"],
+    ),
+}
+
+
 # dvc.yaml as the code implies it: each stage's imports and the params.yaml sections it loads.
 
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import (
+    PLOTS,
     ROOT,
     SMALL,
     commit,
@@ -109,6 +110,11 @@ def test_real_reruns_stop_where_bytes_stop_changing(clean_project):
     assert loss["new"] != loss["old"]
     dvc("plots", "diff", "--out", "plots_diff", cwd=root)
     assert "ROC" in (root / "plots_diff/index.html").read_text()
+    # The same charts as `dvc plots show`, each drawing both runs (git-tracked dvclive files).
+    plots = json.loads(dvc("plots", "diff", "--json", cwd=root).stdout)
+    assert "errors" not in plots and list(plots["data"]) == list(PLOTS)
+    for plot_id, charts in plots["data"].items():
+        assert [sorted(c["revisions"]) for c in charts] == [["HEAD", "workspace"]], plot_id
 
     # download.dataset is not used with source aclimdb: download reruns, writes the same bytes,
     # and DVC stops there.

@@ -2,16 +2,18 @@
 and the predict command on the model it trains."""
 
 import contextlib
+import csv
 import io
 import json
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import SMALL, dvc, run, write_params
+from tests.conftest import EVALUATE_PLOTS, PLOTS, SMALL, TRAIN_PLOTS, dvc, run, write_params
 from zimdb import errors
 from zimdb import predict as predict_command
 
@@ -25,13 +27,116 @@ def test_dvc_repro_builds_model_metrics_and_plots(built):
     assert set(scores) == {"loss", "accuracy", "precision", "recall", "f1", "roc_auc"}
     assert 0 <= scores["accuracy"] <= 1
     curves = json.loads((root / "dvclive/train/metrics.json").read_text())
-    assert curves["step"] == 1 and set(curves["val"]) == {"loss", "acc"}  # epochs at steps 0, 1
+    # dvclive's step is the epoch number: SMALL's 2 epochs are steps 1 and 2.
+    assert SMALL["train.epochs"] == 2
+    assert curves["step"] == 2 and set(curves["val"]) == {"loss", "acc"}
+    with open(root / TRAIN_PLOTS / "val/acc.tsv", newline="") as f:
+        assert [row["step"] for row in csv.DictReader(f, delimiter="\t")] == ["1", "2"]
 
     shown = json.loads(dvc("metrics", "show", "--json", cwd=root).stdout)
     assert "dvclive/evaluate/metrics.json" in json.dumps(shown)
-    dvc("plots", "show", "--out", "plots", cwd=root)
-    html = (root / "plots/index.html").read_text()
-    for title in ("Learning curves", "Loss", "ROC", "Confusion matrix"):
+
+
+def file_rows(path) -> list[dict]:
+    """The records of a dvclive plot file: a .tsv's rows (strings, as DVC reads them), or the
+    list in a .json (under its one key, as in {"roc": [...]})."""
+    if path.suffix == ".tsv":
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f, delimiter="\t"))
+    data = json.loads(path.read_text())
+    return next(iter(data.values())) if isinstance(data, dict) else data
+
+
+def mark_type(layer: dict) -> str:
+    mark = layer["mark"]  # "rect", or {"type": "text", ...}
+    return mark if isinstance(mark, str) else mark["type"]
+
+
+def canonical(rows) -> list[str]:
+    return sorted(json.dumps(row, sort_keys=True) for row in rows)
+
+
+def test_plots_show_draws_each_chart_once_from_its_files(built):
+    root, _ = built
+    shown = json.loads(dvc("plots", "show", "--json", cwd=root).stdout)
+    assert "errors" not in shown
+    assert list(shown["data"]) == list(PLOTS)  # these charts, in this order, and no other
+    for plot_id, (title, x, y, files) in PLOTS.items():
+        (chart,) = shown["data"][plot_id]  # one chart, not one per file
+        spec = chart["content"]
+        encoding = spec["encoding"] if "encoding" in spec else spec["spec"]["encoding"]
+        assert chart["revisions"] == ["workspace"], plot_id
+        got = spec["title"]["text"], encoding["x"]["field"], encoding["y"]["field"]
+        assert got == (title, x, y), plot_id
+        # What it draws is exactly the records of its files. Charts of several files tell them
+        # apart by `filename` (DVC drops the prefix they share): each group is its file's rows.
+        drawn = spec["data"]["values"]
+        assert {row["rev"] for row in drawn} == {"workspace"}
+        by_file: dict[str, list] = {}
+        for row in drawn:
+            name = row.get("filename") if len(files) > 1 else files[0]
+            rest = {k: v for k, v in row.items() if k not in ("rev", "filename", "field")}
+            by_file.setdefault(name, []).append(rest)
+        assert len(by_file) == len(files), plot_id
+        for name, rows in by_file.items():
+            (path,) = [f for f in files if f == name or f.endswith("/" + name)]
+            assert canonical(rows) == canonical(file_rows(root / path)), (plot_id, path)
+
+    for plot_id in ("Accuracy", "Loss"):  # epochs on the x axis, whole numbers only
+        spec = shown["data"][plot_id][0]["content"]
+        assert spec["encoding"]["x"]["title"] == "epoch"
+        assert spec["encoding"]["x"]["axis"] == {"tickMinStep": 1, "format": "d"}
+        assert {row["step"] for row in spec["data"]["values"]} == {"1", "2"}
+    # The confusion matrix writes its counts in the cells (no checkbox), classes by name.
+    matrix = shown["data"]["Confusion matrix"][0]["content"]["spec"]
+    (text,) = [layer for layer in matrix["layer"] if mark_type(layer) == "text"]
+    assert text["encoding"]["text"] == {"field": "label", "type": "nominal"}
+    (label,) = [t["calculate"] for t in matrix["transform"] if t.get("as") == "label"]
+    assert label.startswith("format(datum.count, 'd')")
+    classes = {"negative", "positive"}
+    assert {
+        row["actual"] for row in file_rows(root / EVALUATE_PLOTS / "confusion_matrix.json")
+    } == classes
+
+
+class Resources(HTMLParser):
+    """The <script> elements of a page (inline code, or src) and every src/href it names."""
+
+    def __init__(self):
+        super().__init__()
+        self.scripts, self.links, self._in_script = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.links += [attrs[a] for a in ("src", "href") if attrs.get(a)]
+        if tag == "script":
+            self.scripts.append({"src": attrs.get("src"), "code": ""})
+            self._in_script = True
+
+    def handle_endtag(self, tag):
+        self._in_script = self._in_script and tag != "script"
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.scripts[-1]["code"] += data
+
+
+def test_plots_page_needs_no_network(built, tmp_path):
+    root, _ = built
+    # Written outside the project, as `--out` allows: the page must not depend on where it is.
+    out = tmp_path / "shown"
+    dvc("plots", "show", "--out", str(out), cwd=root)
+    html = (out / "index.html").read_text()
+    page = Resources()
+    page.feed(html)
+    assert [s["src"] for s in page.scripts if s["src"]] == []  # every script inline
+    assert not [link for link in page.links if link.startswith(("http:", "https:", "//"))]
+    code = "".join(s["code"] for s in page.scripts)
+    for library in ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js"):
+        vendored = (root / "plots/vendor" / library).read_text().splitlines()[0]
+        assert vendored in code, library
+    assert html.count("vegaEmbed('#") == len(PLOTS)
+    for title, *_ in PLOTS.values():
         assert title in html
 
 

@@ -123,8 +123,16 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, uninterrupted, sig)
     a, b = state(whole), state(cut)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     curves = [json.loads((r / "dvclive/train/metrics.json").read_text()) for r in (whole, cut)]
-    assert curves[0]["step"] == curves[1]["step"] == epochs - 1
+    assert curves[0]["step"] == curves[1]["step"] == epochs  # dvclive's step is the epoch
     assert curves[0]["val"] == curves[1]["val"]
+    # The resumed run replays its first epochs into dvclive: the same curves, epochs 1, 2, ...
+    for curve in ("train/acc", "train/loss", "val/acc", "val/loss"):
+        tsv = [(r / f"dvclive/train/plots/metrics/{curve}.tsv").read_text() for r in (whole, cut)]
+        assert tsv[0] == tsv[1], curve
+        assert [line.split("\t")[0] for line in tsv[0].splitlines()] == [
+            "step",
+            *map(str, range(1, epochs + 1)),
+        ]
 
 
 def test_checkpoint_from_other_params_is_not_resumed(tmp_path):
