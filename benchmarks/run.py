@@ -214,21 +214,28 @@ def project_eval(data: Encoded) -> float:
 
 
 def peak_rss_mb(checkpointing: bool, encoded: Path, steps: int) -> tuple[float, float]:
-    """Peak RSS of a fresh process before and after `steps` train micro-batches on the longest
-    reviews (full 250-token batches: the step that sets a run's peak)."""
+    """RSS of a fresh process with the data loaded, and its peak over `steps` train micro-batches
+    of the longest reviews (full 250-token batches: the step that sets a run's peak).
+
+    Read from /proc (VmRSS, VmHWM after resetting it through clear_refs), not getrusage: Linux
+    carries ru_maxrss across exec, so a child would start at this process's own peak.
+    """
     code = (
-        "import resource, sys, torch; from benchmarks.run import *; "
+        "import re, torch; from benchmarks.run import *; "
+        "mib = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read())"
+        "[1]) / 1024; "
         f"t = Encoded.from_records(read_encoded('{encoded}', 10000), torch.device('cpu')); "
         "t = t.subset(np.argsort(t.lengths_np)[-8 * BATCH:]); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); "
+        "open('/proc/self/clear_refs', 'w').write('5'); "
+        "print(mib('VmRSS')); "
         f"project_train(t, {steps}, checkpointing={checkpointing}, accum=1); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print(mib('VmHWM'))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True
     )
-    before, after = (int(v) / 1024 for v in out.stdout.split()[-2:])
-    return before, after
+    before, peak = (float(v) for v in out.stdout.split()[-2:])
+    return before, peak
 
 
 def noop_repro(archive: Path, work: Path, repeats: int = 3) -> list[float]:
@@ -362,11 +369,11 @@ def main() -> None:
         else:
             encoded = work / "data/encoded/train.npy"
             for ckpt in (False, True):
-                before, after = peak_rss_mb(ckpt, encoded, 8)
+                before, peak = peak_rss_mb(ckpt, encoded, 8)
                 print(
-                    f"  checkpointing {ckpt!s:<5}: peak RSS {before:.0f} MiB with the data "
-                    f"loaded, {after:.0f} MiB after 8 steps of 64 x 250 tokens: "
-                    f"+{after - before:.0f} MiB for training"
+                    f"  checkpointing {ckpt!s:<5}: RSS {before:.0f} MiB with the data loaded, "
+                    f"peak {peak:.0f} MiB over 8 steps of 64 x 250 tokens: "
+                    f"+{peak - before:.0f} MiB for training"
                 )
 
         print("\n(d) CUDA: AMP and accumulation")
