@@ -1,3 +1,4 @@
+import atexit
 import io
 import os
 import shutil
@@ -5,12 +6,34 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# modelscope and datasets fix their cache folders when first imported: tests (and the stages
+# they start) must neither fill nor reuse the user's, nor send the user's ModelScope login.
+_CACHE = tempfile.mkdtemp(prefix="zimdb-tests-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+for _name in (
+    "MODELSCOPE_CACHE",
+    "MODELSCOPE_HOME",
+    "HF_HOME",
+    "HF_DATASETS_CACHE",
+    "HF_MODULES_CACHE",
+):
+    os.environ[_name] = os.path.join(_CACHE, _name.lower())
+for _name in (
+    "MODELSCOPE_ENDPOINT",
+    "MODELSCOPE_DOMAIN",
+    "MODELSCOPE_PREFER_AI_SITE",
+    "MODELSCOPE_API_TOKEN",
+):
+    os.environ.pop(_name, None)
+
 SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "aclImdb_v1_labeled.tar.gz"
 
 POSITIVE = ["a wonderful film", "great acting and a great story", "i loved it, brilliant"]
@@ -55,6 +78,12 @@ def write_archive(path: Path, per_label: int = 6, extra: dict[str, bytes] | None
         for name, data in (extra or {}).items():
             add(name, data)
     return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 def python_env() -> dict[str, str]:

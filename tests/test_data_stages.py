@@ -9,12 +9,6 @@ from zimdb.artifacts import read_encoded, read_vocab
 from zimdb.errors import PipelineError
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_labels_map_ints_and_strings_and_refuse_others():
     mapped = download.map_labels(pd.Series([0, 1, "pos", "neg", "POS", "negative"]), "src")
     assert mapped.tolist() == [0, 1, 1, 0, 1, 0]
