@@ -282,10 +282,8 @@ def test_unreachable_modelscope_says_how_to_run_offline(workdir, monkeypatch):
     with pytest.raises(PipelineError) as error:
         download.main()
     message = str(error.value)
-    assert (
-        "MsDataset.load('imdb', split='train') failed: ConnectionError: no route to host" in message
-    )
-    assert "-S download.source=aclimdb -S download.archive=" in message
+    assert "could not reach the ModelScope hub to load 'imdb' (no route to host)" in message
+    assert "`uv run dvc exp run -S download.source=aclimdb -S download.archive=" in message
 
 
 def test_damaged_artifacts_name_the_stage_to_rerun(workdir):
