@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import tarfile
+import threading
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ OFFLINE_HINT = (
     "to run from a local copy of the Stanford archive: "
     "`uv run dvc exp run -S download.source=aclimdb -S download.archive=/path/to/aclImdb_v1.tar.gz`"
 )
+HUB_TIMEOUT = 5  # seconds to wait for the ModelScope hub to answer at all
 # modelscope logs every step, repeats its warning about the trust given below, and logs each
 # failure before raising it, which the stage then reports in a line of its own: quiet unless
 # the user asks (read when modelscope is first imported; its progress bars are no logs).
@@ -73,6 +75,35 @@ def short_reason(error: BaseException) -> str:
     return text if text and text.isascii() else type(error).__name__
 
 
+def check_hub_reachable() -> None:
+    """Offline, MsDataset.load retries for 15 s or more and then fails in Chinese; one HEAD
+    request to the endpoint modelscope reads from first (it falls back to its other site only
+    when a dataset is missing, never when the first is unreachable) tells within seconds."""
+    import requests
+    from modelscope.hub.api import HubApi
+
+    endpoint = HubApi().endpoint
+    outcome: list[BaseException | None] = []  # None: the hub answered
+
+    def head() -> None:
+        try:
+            requests.head(endpoint, timeout=HUB_TIMEOUT, allow_redirects=False)
+            outcome.append(None)
+        except requests.RequestException as e:
+            outcome.append(e)
+
+    # A thread, because requests' timeout leaves out the DNS lookup, which can hang far longer.
+    probe = threading.Thread(target=head, daemon=True)
+    probe.start()
+    probe.join(HUB_TIMEOUT)
+    if outcome == [None]:
+        return
+    reason = short_reason(outcome[0]) if outcome else f"no answer within {HUB_TIMEOUT:g} s"
+    raise PipelineError(
+        f"could not reach the ModelScope hub at {endpoint} ({reason}); {OFFLINE_HINT}"
+    )
+
+
 def to_frame(loaded: object, dataset: str, split: str) -> pd.DataFrame:
     """The rows of `split` from what MsDataset.load returned: a datasets.Dataset for hub
     datasets, an MsDataset for local folders, or one of them per split in a dict."""
@@ -109,6 +140,9 @@ def to_frame(loaded: object, dataset: str, split: str) -> pd.DataFrame:
 
 
 def from_modelscope(dataset: str) -> dict[str, pd.DataFrame]:
+    if not Path(dataset).expanduser().exists():  # a hub id, not a local folder
+        check_hub_reachable()
+
     import requests
     from modelscope.msdatasets import MsDataset  # slow to import, and only this source needs it
 

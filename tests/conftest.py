@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -137,7 +138,8 @@ class FakeHub:
     Installed in place of requests' HTTPAdapter.send, the one function every request of
     modelscope (its hub API client and its file downloads) goes through, so that everything
     above it runs as it does for a user with a network. `offline` makes requests fail as on a
-    machine without a network, from the first whose path starts with `offline_from` on.
+    machine without a network, from the first whose path starts with `offline_from` on; `hang`
+    makes them wait as a blackholed network does, 10 s before they time out.
     """
 
     REPO = "modelscope/imdb"  # where MsDataset.load looks for 'imdb'
@@ -147,6 +149,8 @@ class FakeHub:
         self.files = {"README.md": b"# imdb\n", "imdb.py": imdb_script().encode()}
         self.offline: OSError | None = None
         self.offline_from = ""
+        self.hang = threading.Event()
+        self.release = threading.Event()
         self.requests: list[tuple[str, str, str]] = []  # method, path, FilePath
         self.unknown: list[str] = []
 
@@ -157,11 +161,15 @@ class FakeHub:
         url = urlsplit(request.url)
         path, file = url.path, parse_qs(url.query).get("FilePath", [""])[0]
         self.requests.append((request.method, path, file))
+        if self.hang.is_set() and not self.release.wait(10):
+            raise requests.ConnectTimeout(f"{url.netloc} did not answer")
         if self.offline is not None and path.startswith(self.offline_from):
             self.offline_from = ""
             raise requests.ConnectionError(f"no connection to {url.netloc}") from self.offline
         status, body, headers = 200, {"Code": 200, "Data": {}}, {}
-        if path == f"/openapi/v1/datasets/{self.REPO}":
+        if path == "/":  # the stage's own check that the hub answers at all
+            body = {}
+        elif path == f"/openapi/v1/datasets/{self.REPO}":
             owner, name = self.REPO.split("/")
             body = {"success": True, "data": {"id": self.HUB_ID, "owner": owner, "name": name}}
         elif path == f"/api/v1/datasets/{self.REPO}":
@@ -205,7 +213,8 @@ def fake_hub(monkeypatch):
         "send",
         lambda adapter, request, **_: hub.answer(adapter, request),
     )
-    return hub
+    yield hub
+    hub.release.set()
 
 
 @pytest.fixture

@@ -271,7 +271,7 @@ def test_empty_and_non_utf8_reviews_are_reported(workdir, capsys):
     assert len(train) == 7 and "caf\ufffd was awful \ufffd" in train.text.tolist()
 
 
-def test_unreachable_modelscope_says_how_to_run_offline(workdir, monkeypatch):
+def test_unreachable_modelscope_says_how_to_run_offline(workdir, fake_hub, monkeypatch):
     from modelscope.msdatasets import MsDataset
 
     def offline(*args, **kwargs):

@@ -2,13 +2,17 @@
 a network (the hub faked at modelscope's HTTP requests, see FakeHub), or without one."""
 
 import errno
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import pandas as pd
 import pytest
 
 from stages import download
-from tests.conftest import NEGATIVE, POSITIVE, imdb_reviews, imdb_script, write_params
+from tests.conftest import NEGATIVE, POSITIVE, ROOT, imdb_reviews, imdb_script, write_params
 from zimdb.errors import run
 
 OFFLINE_COMMAND = (
@@ -114,6 +118,33 @@ def test_label_names_not_their_order_decide_which_is_negative(workdir, fake_hub)
     pd.testing.assert_frame_equal(pd.read_parquet("data/raw/train.parquet"), expected("train"))
 
 
+def test_no_network_fails_fast_in_one_line_with_the_offline_command(workdir, fake_hub, capsys):
+    fake_hub.offline = OSError(errno.ENETUNREACH, "Network is unreachable")
+    write_params(workdir)
+    err, elapsed = fails(capsys)
+    assert err.startswith(
+        "error: could not reach the ModelScope hub at https://modelscope.cn (Network is unreachable); "
+    )
+    assert OFFLINE_COMMAND in err
+    assert elapsed < 2, f"{elapsed:.1f} s"
+    assert len(fake_hub.requests) == 1  # the stage's one check, none of modelscope's retries
+
+
+def test_a_hub_that_never_answers_fails_within_the_check_timeout(
+    workdir, fake_hub, monkeypatch, capsys
+):
+    monkeypatch.setattr(download, "HUB_TIMEOUT", 0.5)
+    fake_hub.hang.set()
+    write_params(workdir)
+    err, elapsed = fails(capsys)
+    assert (
+        "could not reach the ModelScope hub at https://modelscope.cn (no answer within 0.5 s)"
+        in err
+    )
+    assert OFFLINE_COMMAND in err
+    assert elapsed < 2, f"{elapsed:.1f} s"
+
+
 def test_losing_the_network_during_the_load_is_one_line(workdir, fake_hub, capsys):
     fake_hub.offline = OSError(errno.ECONNRESET, "Connection reset by peer")
     fake_hub.offline_from = "/api/v1/"  # the stage's check and modelscope's first request pass
@@ -130,3 +161,32 @@ def test_unknown_dataset_id_is_one_line(workdir, fake_hub, capsys):
     err, _ = fails(capsys)
     assert err.startswith("error: MsDataset.load('no_such_dataset', split='train') failed: ")
     assert "modelscope/no_such_dataset not found" in err and OFFLINE_COMMAND in err
+
+
+def test_stage_without_a_network_tells_within_seconds(tmp_path):
+    """The whole process, imports included, its requests going to a port nobody listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    write_params(tmp_path)
+    proxies = {"https_proxy": closed, "http_proxy": closed, "no_proxy": ""}
+    env = (
+        os.environ
+        | proxies
+        | {k.upper(): v for k, v in proxies.items()}
+        | {"PYTHONPATH": str(ROOT)}
+    )
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.download"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "could not reach the ModelScope hub at https://modelscope.cn (" in result.stderr
+    assert OFFLINE_COMMAND in result.stderr
+    assert elapsed < 10, f"{elapsed:.1f} s"
+    assert not (tmp_path / "data").exists()
