@@ -1,12 +1,18 @@
 import ast
+import atexit
+import hashlib
 import io
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
+import threading
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -15,6 +21,27 @@ import yaml
 from zimdb.artifacts import encoded_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# modelscope and datasets fix their cache folders when first imported: tests (and the stages
+# they start) must neither fill nor reuse the user's, nor send the user's ModelScope login.
+_CACHE = tempfile.mkdtemp(prefix="zimdb-tests-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+for _name in (
+    "MODELSCOPE_CACHE",
+    "MODELSCOPE_HOME",
+    "HF_HOME",
+    "HF_DATASETS_CACHE",
+    "HF_MODULES_CACHE",
+):
+    os.environ[_name] = os.path.join(_CACHE, _name.lower())
+for _name in (
+    "MODELSCOPE_ENDPOINT",
+    "MODELSCOPE_DOMAIN",
+    "MODELSCOPE_PREFER_AI_SITE",
+    "MODELSCOPE_API_TOKEN",
+):
+    os.environ.pop(_name, None)
+
 SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "aclImdb_v1_labeled.tar.gz"
 
 POSITIVE = ["a wonderful film", "great acting and a great story", "i loved it, brilliant"]
@@ -59,6 +86,145 @@ def write_archive(path: Path, per_label: int = 6, extra: dict[str, bytes] | None
         for name, data in (extra or {}).items():
             add(name, data)
     return path
+
+
+IMDB_SCRIPT = """\
+import datasets
+
+_REVIEWS = {reviews!r}
+
+
+class Imdb(datasets.GeneratorBasedBuilder):
+    BUILDER_CONFIGS = [datasets.BuilderConfig(name="plain_text", version=datasets.Version("1.0.0"))]
+
+    def _info(self):
+        return datasets.DatasetInfo(
+            features=datasets.Features(
+                {{"text": datasets.Value("string"), "label": datasets.ClassLabel(names={names!r})}}
+            )
+        )
+
+    def _split_generators(self, dl_manager):
+        return [
+            datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={{"split": "train"}}),
+            datasets.SplitGenerator(name=datasets.Split.TEST, gen_kwargs={{"split": "test"}}),
+            datasets.SplitGenerator(
+                name=datasets.Split("unsupervised"), gen_kwargs={{"split": "unsupervised"}}
+            ),
+        ]
+
+    def _generate_examples(self, split):
+        for i, (text, label) in enumerate(_REVIEWS[split]):
+            yield i, {{"text": text, "label": label}}
+"""
+
+
+def imdb_reviews(extra_train: tuple[tuple[str, str | int], ...] = ()) -> dict[str, list]:
+    """(text, label) per split as Hugging Face's imdb script yields them: label a class name,
+    or -1 for the unsupervised split's unlabelled reviews."""
+    return {
+        split: [(f"{t} ({split})", "pos") for t in POSITIVE]
+        + [(f"{t} ({split})", "neg") for t in NEGATIVE]
+        + (list(extra_train) if split == "train" else [])
+        for split in ("train", "test")
+    } | {"unsupervised": [("an unlabelled review", -1), ("another unlabelled one", -1)]}
+
+
+def imdb_script(reviews: dict[str, list] | None = None, names: tuple[str, ...] = ("neg", "pos")):
+    """An imdb.py in the shape of Hugging Face's imdb loading script (text, label a ClassLabel,
+    splits train/test/unsupervised), its reviews inline instead of in the Stanford archive."""
+    return IMDB_SCRIPT.format(reviews=reviews or imdb_reviews(), names=list(names))
+
+
+class FakeHub:
+    """The ModelScope hub as modelscope's own HTTP requests meet it, holding one dataset repo.
+
+    Installed in place of requests' HTTPAdapter.send, the one function every request of
+    modelscope (its hub API client and its file downloads) goes through, so that everything
+    above it runs as it does for a user with a network. `offline` makes requests fail as on a
+    machine without a network, from the first whose path starts with `offline_from` on; `hang`
+    makes them wait as a blackholed network does, 10 s before they time out.
+    """
+
+    REPO = "modelscope/imdb"  # where MsDataset.load looks for 'imdb'
+    HUB_ID = 4321  # the repo's number on the hub, which its file-tree API is addressed by
+
+    def __init__(self):
+        self.files = {"README.md": b"# imdb\n", "imdb.py": imdb_script().encode()}
+        self.offline: OSError | None = None
+        self.offline_from = ""
+        self.hang = threading.Event()
+        self.release = threading.Event()
+        self.requests: list[tuple[str, str, str]] = []  # method, path, FilePath
+        self.unknown: list[str] = []
+
+    def answer(self, adapter, request):
+        import requests
+        import urllib3
+
+        url = urlsplit(request.url)
+        path, file = url.path, parse_qs(url.query).get("FilePath", [""])[0]
+        self.requests.append((request.method, path, file))
+        if self.hang.is_set() and not self.release.wait(10):
+            raise requests.ConnectTimeout(f"{url.netloc} did not answer")
+        if self.offline is not None and path.startswith(self.offline_from):
+            self.offline_from = ""
+            raise requests.ConnectionError(f"no connection to {url.netloc}") from self.offline
+        status, body, headers = 200, {"Code": 200, "Data": {}}, {}
+        if path == "/":  # the stage's own check that the hub answers at all
+            body = {}
+        elif path == f"/openapi/v1/datasets/{self.REPO}":
+            owner, name = self.REPO.split("/")
+            body = {"success": True, "data": {"id": self.HUB_ID, "owner": owner, "name": name}}
+        elif path == f"/api/v1/datasets/{self.REPO}":
+            body = {"Code": 200, "Data": {"Id": self.HUB_ID, "Type": 4}}  # 4: a "general" dataset
+        elif path == f"/api/v1/datasets/{self.HUB_ID}/repo/tree":
+            files = [
+                {"Type": "blob", "Path": n, "Size": len(b), "Sha256": hashlib.sha256(b).hexdigest()}
+                for n, b in self.files.items()
+            ]
+            body = {"Code": 200, "Data": {"Files": files}}
+        elif path == f"/api/v1/datasets/{self.REPO}/repo" and file in self.files:
+            body = self.files[file]
+            headers = {"ETag": hashlib.sha256(body).hexdigest(), "Content-Length": str(len(body))}
+        elif path == f"/api/v1/datasets/{self.REPO}/download/increase":
+            pass
+        else:
+            self.unknown.append(f"{request.method} {request.url}")
+            status, body = 404, {"Code": 404, "Message": f"{path} not found"}
+        if not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"}
+        raw = urllib3.HTTPResponse(
+            body=io.BytesIO(b"" if request.method == "HEAD" else body),
+            headers=headers,
+            status=status,
+            preload_content=False,
+            request_method=request.method,
+            request_url=request.url,
+        )
+        return adapter.build_response(request, raw)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """A FakeHub that answers every HTTP request made through requests during the test."""
+    import requests
+
+    hub = FakeHub()
+    monkeypatch.setattr(
+        requests.adapters.HTTPAdapter,
+        "send",
+        lambda adapter, request, **_: hub.answer(adapter, request),
+    )
+    yield hub
+    hub.release.set()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 def python_env() -> dict[str, str]:

@@ -9,12 +9,6 @@ from zimdb.artifacts import read_encoded, read_vocab
 from zimdb.errors import PipelineError
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_labels_map_ints_and_strings_and_refuse_others():
     mapped = download.map_labels(pd.Series([0, 1, "pos", "neg", "POS", "negative"]), "src")
     assert mapped.tolist() == [0, 1, 1, 0, 1, 0]
@@ -277,7 +271,7 @@ def test_empty_and_non_utf8_reviews_are_reported(workdir, capsys):
     assert len(train) == 7 and "caf\ufffd was awful \ufffd" in train.text.tolist()
 
 
-def test_unreachable_modelscope_says_how_to_run_offline(workdir, monkeypatch):
+def test_unreachable_modelscope_says_how_to_run_offline(workdir, fake_hub, monkeypatch):
     from modelscope.msdatasets import MsDataset
 
     def offline(*args, **kwargs):
@@ -288,10 +282,8 @@ def test_unreachable_modelscope_says_how_to_run_offline(workdir, monkeypatch):
     with pytest.raises(PipelineError) as error:
         download.main()
     message = str(error.value)
-    assert (
-        "MsDataset.load('imdb', split='train') failed: ConnectionError: no route to host" in message
-    )
-    assert "-S download.source=aclimdb -S download.archive=" in message
+    assert "could not reach the ModelScope hub to load 'imdb' (no route to host)" in message
+    assert "`uv run dvc exp run -S download.source=aclimdb -S download.archive=" in message
 
 
 def test_damaged_artifacts_name_the_stage_to_rerun(workdir):
