@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import ROOT
+from zimdb.paths import MODEL
 
 
 def stages() -> dict[str, dict]:
@@ -111,3 +112,9 @@ def test_data_deps_are_outs_of_earlier_stages():
                 assert dep in produced, f"{name} reads {dep}, which no earlier stage writes"
         for out in stage.get("outs", []):
             produced[out if isinstance(out, str) else next(iter(out))] = name
+
+
+def test_the_model_artifact_is_what_train_writes():
+    artifact = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]["zimdb-sentiment"]
+    assert artifact["type"] == "model" and artifact["path"] == str(MODEL)
+    assert str(MODEL) in stages()["train"]["outs"]

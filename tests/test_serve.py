@@ -23,7 +23,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from tests.conftest import python_env
+from tests.conftest import dvc, python_env, run
 from zimdb import errors, serve, text
 from zimdb.model import ModelConfig, SentimentLSTM
 from zimdb.serve import MAX_BODY, MAX_TEXTS, Batcher, create_app
@@ -369,6 +369,29 @@ def test_a_missing_or_damaged_model_is_one_line_and_exit_2(built, tmp_path):
         code, err = run_serve("--model", str(tmp_path / name))
         assert code == 2 and len(err.splitlines()) == 1, err
         assert err.startswith(f"error: {tmp_path / name}: {message}"), err
+
+
+def test_the_model_artifact_is_fetched_by_name_and_served(built, tmp_path):
+    """dvc artifacts get finds model.pt by its dvc.yaml name, at the version a Git tag
+    registers (as `gto register` or DVC Studio would tag it)."""
+    root, _ = built
+    tag = "zimdb-sentiment@v0.0.1"
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "tag", "-a", tag, "-m", tag], root)
+    try:
+        dvc(
+            "artifacts",
+            "get",
+            str(root),
+            "zimdb-sentiment",
+            "--out",
+            str(tmp_path / "m.pt"),
+            cwd=tmp_path,
+        )
+    finally:
+        run(["git", "tag", "-d", tag], root)
+    assert (tmp_path / "m.pt").read_bytes() == (root / "data/model.pt").read_bytes()
+    with TestClient(create_app(TrainedModel.load(tmp_path / "m.pt"))) as client:
+        assert post(client, "/predict", {"texts": ["great"]})["predictions"][0]["label"]
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
