@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import dvc, python_env, run
 from zimdb import errors, serve, text
 from zimdb.model import ModelConfig, SentimentLSTM
-from zimdb.serve import MAX_BODY, MAX_TEXTS, Batcher, create_app
+from zimdb.serve import MAX_BODY, MAX_TEXTS, ModelWorker, create_app
 from zimdb.trained_model import TrainedModel
 
 JSON = {"Content-Type": "application/json"}
@@ -42,8 +42,12 @@ def trained(built) -> TrainedModel:
 
 @pytest.fixture(scope="module")
 def client(trained):
-    with TestClient(create_app(trained)) as client:
+    with TestClient(app(trained)) as client:
         yield client
+
+
+def app(trained: TrainedModel):
+    return create_app(ModelWorker(lambda: trained, batch_size=16))
 
 
 def free_port() -> int:
@@ -214,7 +218,7 @@ def test_explain_gives_the_words_read_and_the_running_verdict(built, trained, tr
     review = max(raw, key=len) + " zzqx qwvbn"  # longer than max_len; two unknown words
     words = read_words(review)
     assert len(words) > trained.max_len
-    with TestClient(create_app(trained)) as client:
+    with TestClient(app(trained)) as client:
         got = post(client, "/explain", {"text": review})
         predicted = post(client, "/predict", {"texts": [review]})["predictions"][0]
     kept = words[-trained.max_len :] if truncate == "tail" else words[: trained.max_len]
@@ -263,7 +267,7 @@ def test_explain_of_an_empty_review_has_no_words_and_the_predicted_verdict(clien
 def test_explain_says_when_the_model_has_no_running_verdict(config, reason):
     trained = random_model(**config)
     review = "not bad at all but the end"
-    with TestClient(create_app(trained)) as client:
+    with TestClient(app(trained)) as client:
         got = post(client, "/explain", {"text": review})
     assert got["running"] is None and reason in got["running_note"]
     assert got["words"] == review.split()
@@ -271,31 +275,53 @@ def test_explain_says_when_the_model_has_no_running_verdict(config, reason):
     assert got["probability"] == pytest.approx(expected, abs=1e-6)
 
 
-def test_batcher_scores_requests_that_queue_while_it_is_busy_together():
-    calls, busy, release = [], threading.Event(), threading.Event()
+class SlowModel:
+    """Stands in for TrainedModel: records each call and holds the first until released."""
 
-    def score(texts):
-        calls.append(list(texts))
-        busy.set()
-        release.wait(10)
-        return np.array([float(t) for t in texts])
+    def __init__(self):
+        self.calls, self.busy, self.release = [], threading.Event(), threading.Event()
 
-    batcher = Batcher(score, batch_texts=4, wait=0.0)
-    batcher.start()
+    def probabilities(self, texts: pd.Series, batch_size: int) -> np.ndarray:
+        self.calls.append(texts.tolist())
+        self.busy.set()
+        assert self.release.wait(10)
+        return texts.astype(float).to_numpy()
+
+
+def test_requests_that_queue_while_the_model_is_busy_are_scored_together():
+    model = SlowModel()
+    worker = ModelWorker(lambda: model, batch_size=2, gather=4, wait=0.0)
     try:
-        first = batcher.submit(["0"])
-        assert busy.wait(10)
-        queued = [batcher.submit([str(i)]) for i in range(1, 4)]
-        queued.append(batcher.submit(["4", "5"]))  # would overflow a batch of 4: the next one
-        other = batcher.call(lambda: "ran")
-        last = batcher.submit(["6"])
-        release.set()
+        first = worker.submit(["0"])
+        assert model.busy.wait(10)
+        queued = [worker.submit([str(i)]) for i in range(1, 4)]
+        queued.append(worker.submit(["4", "5"]))  # would overflow a batch of 4: the next one
+        other = worker.call(lambda: "ran")
+        last = worker.submit(["6"])
+        model.release.set()
         results = [f.result(10) for f in [first, *queued, last]]
         assert other.result(10) == "ran"
     finally:
-        batcher.stop()
-    assert calls == [["0"], ["1", "2", "3"], ["4", "5"], ["6"]]
+        worker.stop()
+    assert model.calls == [["0"], ["1", "2", "3"], ["4", "5"], ["6"]]
     assert [r.tolist() for r in results] == [[0], [1], [2], [3], [4, 5], [6]]
+
+
+def test_the_model_is_loaded_and_run_on_one_thread_of_its_own():
+    threads = set()
+
+    def load():
+        threads.add(threading.current_thread())
+        return SlowModel()
+
+    worker = ModelWorker(load, batch_size=2)
+    worker.trained.release.set()
+    try:
+        worker.submit(["1"]).result(10)
+        threads.add(worker.call(threading.current_thread).result(10))
+    finally:
+        worker.stop()
+    assert threads == {worker.thread} and not worker.thread.is_alive()
 
 
 def test_sixteen_concurrent_clients_get_what_offline_scoring_gives(built, server, trained):
@@ -390,7 +416,7 @@ def test_the_model_artifact_is_fetched_by_name_and_served(built, tmp_path):
     finally:
         run(["git", "tag", "-d", tag], root)
     assert (tmp_path / "m.pt").read_bytes() == (root / "data/model.pt").read_bytes()
-    with TestClient(create_app(TrainedModel.load(tmp_path / "m.pt"))) as client:
+    with TestClient(app(TrainedModel.load(tmp_path / "m.pt"))) as client:
         assert post(client, "/predict", {"texts": ["great"]})["predictions"][0]["label"]
 
 
