@@ -178,6 +178,16 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class Revalidated(StaticFiles):
+    """Files a browser asks about again before each use (a 304 while unchanged): after an
+    upgrade, a page never runs with the script of the last version."""
+
+    def file_response(self, *args, **kwargs):
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS, description="raw reviews")
@@ -243,9 +253,11 @@ def create_app(worker: ModelWorker) -> FastAPI:
     note = (
         None
         if trained.has_running_verdict()
-        else "no running verdict: this model "
-        + ("reads each review in both directions" if config.bidirectional else "max-pools")
-        + ", so its state at a word is no verdict on the words up to it"
+        else "No running verdict: this model reads each review in both directions, so its "
+        "state at a word has already seen the words after it."
+        if config.bidirectional
+        else "No running verdict: this model max-pools its states over the whole review, so "
+        "no one state is its verdict on the words up to it."
     )
 
     @asynccontextmanager
@@ -294,9 +306,9 @@ def create_app(worker: ModelWorker) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", Revalidated(directory=STATIC), name="static")
     return app
 
 

@@ -73,6 +73,20 @@ function drawChart(reading) {
   el("polygon", { points: area, class: "area-neg", "clip-path": `url(#${id}-bottom)` }, svg);
   el("polyline", { points: points.join(" "), class: "line" }, svg);
 
+  // The biggest turns, named where they happen.
+  for (const m of turningPoints(reading)) {
+    const [px, py] = [x(m.i), y(run[m.i])];
+    el("circle", { cx: px, cy: py, r: 3, class: m.d > 0 ? "turn up" : "turn down" }, svg);
+    const right = px > pad.left + w * 0.85;
+    const note = el("text", {
+      x: px + (right ? -6 : 6),
+      y: m.d > 0 ? Math.max(py - 7, pad.top + 4) : Math.min(py + 15, pad.top + h - 2),
+      "text-anchor": right ? "end" : "start",
+      class: m.d > 0 ? "turn-label up" : "turn-label down",
+    }, svg);
+    note.textContent = reading.words[m.i];
+  }
+
   const cursor = el("line", { y1: pad.top, y2: pad.top + h, class: "cursor", visibility: "hidden" }, svg);
   const dot = el("circle", { r: 4.5, class: "dot", visibility: "hidden" }, svg);
   const label = el("text", { class: "hover-label", visibility: "hidden" }, svg);
@@ -159,15 +173,18 @@ function render(reading) {
   const note = $("note");
   note.hidden = true;
   if (reading.running === null) {
-    note.textContent = `This model has ${reading.running_note}. The verdict above is the whole review's.`;
+    note.textContent = `${reading.running_note} The verdict above is the whole review's.`;
     note.hidden = false;
   } else if (reading.words.length === 0) {
     note.textContent =
-      "Nothing of this text is left after cleaning (only letters and apostrophes are kept), " +
-      "so the model read a single padding token: the verdict above is what it makes of that.";
+      "Nothing of this text is left after cleaning (only the letters a to z and apostrophes " +
+      "are kept), so the model read a single padding token: the verdict above is what it " +
+      "makes of that.";
     note.hidden = false;
   }
 
+  $("legend").hidden = reading.words.length === 0;
+  $("legend-tint").hidden = reading.running === null;
   const chartShown = Boolean(reading.running && reading.running.length);
   $("chart-box").hidden = !chartShown;
   if (chartShown) drawChart(reading);
