@@ -307,6 +307,17 @@ def test_requests_that_queue_while_the_model_is_busy_are_scored_together():
     assert [r.tolist() for r in results] == [[0], [1], [2], [3], [4, 5], [6]]
 
 
+def test_a_lone_request_is_not_kept_waiting_for_company():
+    model = SlowModel()
+    model.release.set()
+    worker = ModelWorker(lambda: model, batch_size=2, wait=60.0)
+    try:
+        for i in range(3):  # would time out, had it waited the minute for others
+            assert worker.submit([str(i)]).result(10).tolist() == [i]
+    finally:
+        worker.stop()
+
+
 def test_the_model_is_loaded_and_run_on_one_thread_of_its_own():
     threads = set()
 

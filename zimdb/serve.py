@@ -37,7 +37,7 @@ from zimdb.trained_model import TrainedModel
 MAX_BODY = 1 << 20  # bytes
 MAX_TEXTS = 256  # per request
 GATHER = MAX_TEXTS  # most reviews scored in one call to the model, unless one request brings more
-GATHER_WAIT = 0.002  # seconds a request that arrives alone waits for others
+GATHER_WAIT = 0.002  # seconds a request arriving alone waits for others, if the last had company
 # Reviews per forward pass: a call sorts what it gathered by length and runs batches of this
 # size. On the project's 2-core CPU, 16 ran fastest (256 gathered reviews: 1171 reviews/s at
 # 16, 778 at 256, predict's default, which pads more); a GPU wants large batches.
@@ -52,8 +52,10 @@ class ModelWorker:
     """The one thread that touches the model: it loads it, scores batches and reads reviews.
 
     Requests that pile up while the thread is busy are scored together, as one call to the
-    model, up to `gather` reviews, in forward passes of `batch_size`; a request that arrives
-    alone waits `wait` seconds for company. Other work on the model (`call`) runs between.
+    model, up to `gather` reviews, in forward passes of `batch_size`. A request that arrives
+    alone waits `wait` seconds for company, but only if the last batch had some: under
+    concurrent clients that fills batches, and a lone client is not kept waiting for nobody.
+    Other work on the model (`call`) runs between batches.
 
     The model is loaded on this thread too, so no other thread ever runs torch: with OpenMP
     thread teams for two threads on two cores, libgomp manages more threads than there are
@@ -69,6 +71,7 @@ class ModelWorker:
         wait: float = GATHER_WAIT,
     ):
         self.batch_size, self.gather, self.wait = batch_size, gather, wait
+        self.company = False  # the last batch held more than one request
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="zimdb-model", daemon=True)
         self.thread.start()
@@ -115,20 +118,22 @@ class ModelWorker:
                 self._score(batch)
 
     def _collect(self, first: tuple) -> tuple[list[tuple], object]:
-        """`first` and the scoring jobs queued behind it within `wait`, up to `gather` reviews;
-        and the job that ended the batch early, if one did (else None)."""
-        batch, size = [first], len(first[0])
-        deadline = time.monotonic() + self.wait
+        """`first` and the scoring jobs queued behind it (or arriving within `wait`), up to
+        `gather` reviews; and the job that ended the batch early, if one did (else None)."""
+        batch, size, pending = [first], len(first[0]), None
+        deadline = time.monotonic() + (self.wait if self.company else 0)
         while size < self.gather:
             try:
                 job = self.jobs.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
                 break
             if job is _STOP or callable(job[0]) or size + len(job[0]) > self.gather:
-                return batch, job
+                pending = job
+                break
             batch.append(job)
             size += len(job[0])
-        return batch, None
+        self.company = len(batch) > 1 or pending is not None
+        return batch, pending
 
     def _score(self, batch: list[tuple]) -> None:
         batch = [(texts, f) for texts, f in batch if f.set_running_or_notify_cancel()]
