@@ -115,7 +115,7 @@ BAD = {
     "not JSON": (
         dict(content=b"texts: great", headers={"content-type": "application/json"}),
         422,
-        "the body is not JSON (Expecting value at byte 0)",
+        "the body is not JSON (Expecting value at character 0)",
     ),
     "not declared JSON": (
         dict(content=json.dumps({"texts": ["great"]}), headers={"content-type": "text/plain"}),
@@ -361,7 +361,12 @@ def test_sixteen_concurrent_clients_get_what_offline_scoring_gives(built, server
 
 def test_health_page_and_openapi(client):
     assert client.get("/health").json() == {"status": "ok"}
-    assert {"/predict", "/explain", "/health"} <= set(client.get("/openapi.json").json()["paths"])
+    spec = client.get("/openapi.json").json()
+    assert {"/predict", "/explain", "/health"} <= set(spec["paths"])
+    errors = spec["paths"]["/predict"]["post"]["responses"]
+    assert errors["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }
     page = client.get("/")
     assert page.status_code == 200 and 'id="verdict"' in page.text
     for name in ("app.js", "style.css"):

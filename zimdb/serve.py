@@ -193,6 +193,17 @@ class Revalidated(StaticFiles):
         return response
 
 
+class Error(BaseModel):
+    detail: str = Field(description="what was wrong, in one line")
+
+
+# What the 4xx answers look like, for the OpenAPI page (FastAPI would show its own 422 list).
+ERRORS = {
+    413: {"model": Error, "description": "the body is over 1 MiB"},
+    422: {"model": Error, "description": "not JSON, or not the JSON this route takes"},
+}
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS, description="raw reviews")
@@ -238,7 +249,9 @@ def describe(errors: list[dict]) -> str:
     for error in errors:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"][1:])
         if error["type"] == "json_invalid":
-            lines.append(f"the body is not JSON ({error['ctx']['error']} at byte {where[1:-1]})")
+            lines.append(
+                f"the body is not JSON ({error['ctx']['error']} at character {where[1:-1]})"
+            )
         elif not where and isinstance(error.get("input"), bytes | str):
             lines.append("the body is not JSON: send Content-Type: application/json")
         elif not where and error["type"] == "missing":
@@ -281,7 +294,7 @@ def create_app(worker: ModelWorker) -> FastAPI:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": describe(exc.errors())}, status_code=422)
 
-    @app.post("/predict")
+    @app.post("/predict", responses=ERRORS)
     async def predict(request: PredictRequest) -> PredictResponse:
         """P(positive) and the label of each review, as `zimdb.predict` gives them."""
         probabilities = await asyncio.wrap_future(worker.submit(request.texts))
@@ -289,7 +302,7 @@ def create_app(worker: ModelWorker) -> FastAPI:
             predictions=[Prediction(label=label(p), probability=p) for p in probabilities.tolist()]
         )
 
-    @app.post("/explain")
+    @app.post("/explain", responses=ERRORS)
     async def explain(request: ExplainRequest) -> ExplainResponse:
         """One review as the model read it and its verdict after each word, from one pass."""
         reading = await asyncio.wrap_future(worker.call(lambda: trained.read(request.text)))
