@@ -91,8 +91,8 @@ function drawChart(reading) {
   const dot = el("circle", { r: 4.5, class: "dot", visibility: "hidden" }, svg);
   const label = el("text", { class: "hover-label", visibility: "hidden" }, svg);
   svg.highlight = (i) => {
-    const shownState = i === null ? "hidden" : "visible";
-    for (const node of [cursor, dot, label]) node.setAttribute("visibility", shownState);
+    const visibility = i === null ? "hidden" : "visible";
+    for (const node of [cursor, dot, label]) node.setAttribute("visibility", visibility);
     if (i === null) return;
     cursor.setAttribute("x1", x(i));
     cursor.setAttribute("x2", x(i));
