@@ -7,6 +7,7 @@ later without its dvc.yaml entry fails here; test_dvc_workflow checks DVC acts o
 import yaml
 
 from tests.conftest import ROOT, expected_code_deps, expected_params, source_files, stages
+from zimdb.paths import MODEL
 
 
 def test_code_deps_are_exactly_the_imported_files():
@@ -27,8 +28,8 @@ def test_every_param_and_source_file_is_accounted_for():
     keys = {f"{s}.{k}" for s, values in all_params.items() for k in values}
     assert set().union(*expected_params().values()) == keys  # no key read by no stage
     used = set().union(*expected_code_deps().values())
-    # predict is a command, not a stage: no change to it may rerun anything.
-    assert set(source_files()) - used == {"zimdb/predict.py"}
+    # predict and serve are commands, not stages: no change to them may rerun anything.
+    assert set(source_files()) - used == {"zimdb/predict.py", "zimdb/serve.py"}
 
 
 def test_data_deps_are_outs_of_earlier_stages():
@@ -39,3 +40,9 @@ def test_data_deps_are_outs_of_earlier_stages():
                 assert dep in produced, f"{name} reads {dep}, which no earlier stage writes"
         for out in stage.get("outs", []):
             produced[out if isinstance(out, str) else next(iter(out))] = name
+
+
+def test_the_model_artifact_is_what_train_writes():
+    artifact = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]["zimdb-sentiment"]
+    assert artifact["type"] == "model" and artifact["path"] == str(MODEL)
+    assert str(MODEL) in stages()["train"]["outs"]

@@ -6,6 +6,7 @@ the web service or anyone else cleans, encodes and scores a review exactly as th
 whatever params.yaml or data/ say now.
 """
 
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,17 @@ from zimdb.device import autocast
 from zimdb.errors import PipelineError
 from zimdb.inference import logits
 from zimdb.model import ModelConfig, SentimentLSTM
+
+
+@dataclass
+class Reading:
+    """One review as the model read it, and its verdict after each word."""
+
+    words: list[str]  # the words read: cleaned, then truncated to max_len
+    unknown: list[bool]  # read as UNK: not in the vocabulary
+    cut: int  # words dropped by truncation (from the start with truncate "tail")
+    probability: float  # P(positive), as probabilities() gives it
+    running: list[float] | None  # P(positive) had the review ended at each word; see running()
 
 
 @dataclass
@@ -52,6 +64,13 @@ class TrainedModel:
         path = Path(path)
         if not path.exists():
             raise PipelineError(f"{path} not found: train the model first (`uv run dvc repro`)")
+        # torch.save writes a zip archive. Given anything else, torch.load's error suggests
+        # loading it with weights_only=False, which would run whatever code the file holds.
+        if not zipfile.is_zipfile(path):
+            raise PipelineError(
+                f"{path}: not a model file, or a damaged one (torch.save writes a zip archive, "
+                "this is none); recreate it with `uv run dvc repro --force train`"
+            )
         try:
             saved = torch.load(path, map_location=device, weights_only=True)
             model = SentimentLSTM(ModelConfig(**saved["config"]))
@@ -63,9 +82,10 @@ class TrainedModel:
                 saved["encode"]["truncate"],
                 saved["amp"],
             )
-        except Exception as e:  # any damage or an older layout reads as one message
+        except Exception as e:  # any damage or an older layout reads as one message, one line
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise PipelineError(
-                f"{path}: cannot rebuild the model ({type(e).__name__}: {e}); recreate it with "
+                f"{path}: cannot rebuild the model ({type(e).__name__}: {reason}); recreate it with "
                 "`uv run dvc repro --force train`"
             ) from None
         return trained
@@ -89,3 +109,42 @@ class TrainedModel:
             self.model, self.encode(texts.reset_index(drop=True)), batch_size, self.autocast()
         )
         return torch.sigmoid(out).cpu().numpy()
+
+    def has_running_verdict(self) -> bool:
+        """Whether the head's reading of the state at word t is the verdict on words 1..t.
+
+        True for a one-direction model that pools the last state: the state at t has seen only
+        words 1..t and is exactly what the head would read were the review to end there. A
+        backward direction has already read the words after t, and max pooling reads every
+        position at once, so for them the head at one position means nothing on its own.
+        """
+        return not self.model.config.bidirectional and self.model.config.pooling == "last"
+
+    @torch.no_grad()
+    def read(self, review: str) -> Reading:
+        """The words the model reads of `review` and, where has_running_verdict, its running
+        verdict: sigmoid(head(state at word t)) for every t, from one pass over the review."""
+        cleaned = text.clean(pd.Series([review], dtype=object))
+        words = text.split_words(cleaned)[0].to_pylist()
+        ids, lengths = text.encode(cleaned, self.vocab, self.max_len, self.truncate)
+        n = int(lengths[0])
+        kept = words[len(words) - n :] if self.truncate == "tail" else words[:n]
+        # An empty review is read as its single PAD, as forward() reads it.
+        ids_t = torch.from_numpy(ids[:, : max(n, 1)]).to(self.device)
+        lengths_t = torch.tensor([max(n, 1)], device=self.device)
+        self.model.eval()
+        running = [] if self.has_running_verdict() else None
+        with self.autocast():
+            if running is not None and n:
+                states = self.model.states(ids_t, lengths_t)[0]
+                running = torch.sigmoid(self.model.head(states).squeeze(-1).float()).tolist()
+                probability = running[-1]  # the last state is what forward() pools
+            else:
+                probability = float(torch.sigmoid(self.model(ids_t, lengths_t).float())[0])
+        return Reading(
+            words=kept,
+            unknown=(ids[0, :n] == text.UNK).tolist(),
+            cut=len(words) - n,
+            probability=probability,
+            running=running,
+        )
