@@ -62,8 +62,8 @@ def main() -> None:
     model.grad_checkpointing = p.grad_checkpointing and device.type == "cuda"
     amp = uses_amp(device, p.amp)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
-    batches = math.ceil(len(train) / p.batch_size) // group.world_size
-    steps = p.epochs * math.ceil(batches / p.grad_accum_steps)
+    batches_per_rank = math.ceil(len(train) / p.batch_size) // group.world_size
+    steps = p.epochs * math.ceil(batches_per_rank / p.grad_accum_steps)
     stepper = Stepper(
         DDP(model, device_ids=[device.index] if device.index is not None else None)
         if group.enabled
@@ -151,11 +151,9 @@ def main() -> None:
 def train_epoch(p, epoch: int, stepper: Stepper, rng, train: Encoded, group):
     """One pass over this process's share of the train split; sums stay on the device."""
     stepper.model.train()
-    batches = batch_indices(train.lengths_np, p.batch_size, rng, together=group.world_size)
-    batches = distributed.shard(batches, group)
-    windows = [
-        batches[i : i + p.grad_accum_steps] for i in range(0, len(batches), p.grad_accum_steps)
-    ]
+    everyone = batch_indices(train.lengths_np, p.batch_size, rng, together=group.world_size)
+    mine = distributed.shard(everyone, group)
+    windows = [mine[i : i + p.grad_accum_steps] for i in range(0, len(mine), p.grad_accum_steps)]
     device = train.ids.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
