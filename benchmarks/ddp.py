@@ -49,7 +49,7 @@ def phases(model, optimizer, batches: list, sync: bool) -> tuple[dict[str, float
 def run(encoded: Path, steps: int, rank: int, world: int) -> None:
     train = Encoded.from_records(read_encoded(encoded, 10000), torch.device("cpu"))
     order = batch_indices(train.lengths_np, BATCH, np.random.default_rng(0), together=world)
-    batches = [train.batch(idx) for idx in order[rank : steps * world : world]]
+    batches = train.batches(order[rank : steps * world : world])
     torch.manual_seed(0)
     model = SentimentLSTM(ModelConfig(10000)).train()
     model = DDP(model) if world > 1 else model

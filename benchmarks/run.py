@@ -157,7 +157,7 @@ def project_train(train: Encoded, steps: int, checkpointing=False, autocast=None
         torch.cuda.synchronize()
     start = time.perf_counter()
     for i in range(0, len(batches), accum):
-        micro = [train.batch(idx) for idx in batches[i : i + accum]]
+        micro = train.batches(batches[i : i + accum])
         stepper.step(micro)
         seen += sum(len(y) for _, _, y in micro)
         tokens += sum(ids.numel() for ids, _, _ in micro)

@@ -104,7 +104,9 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        val_loss_sum, val_correct = evaluate_shard(model, val, group, 4 * p.batch_size, stepper)
+        val_loss_sum, val_correct = evaluate_shard(
+            model, val, group, 4 * p.batch_size, stepper.autocast
+        )
         totals = distributed.all_sum(group, loss_sum, correct, val_loss_sum, val_correct)
         train_seen = seen * group.world_size  # every process saw the same number of windows
         metrics = {
@@ -152,7 +154,7 @@ def train_epoch(p, epoch: int, stepper: Stepper, rng, train: Encoded, group):
     """One pass over this process's share of the train split; sums stay on the device."""
     stepper.model.train()
     everyone = batch_indices(train.lengths_np, p.batch_size, rng, together=group.world_size)
-    mine = distributed.shard(everyone, group)
+    mine = train.batches(distributed.shard(everyone, group))
     windows = [mine[i : i + p.grad_accum_steps] for i in range(0, len(mine), p.grad_accum_steps)]
     device = train.ids.device
     loss_sum = torch.zeros((), device=device)
@@ -161,15 +163,14 @@ def train_epoch(p, epoch: int, stepper: Stepper, rng, train: Encoded, group):
     seen = tokens = 0
     bar = tqdm(windows, desc=f"epoch {epoch}/{p.epochs}", unit="step", disable=not group.is_main)
     for step, window in enumerate(bar, 1):
-        micro_batches = [train.batch(idx) for idx in window]
-        window_loss, window_correct = stepper.step(micro_batches)
+        window_loss, window_correct = stepper.step(window)
         # Noted on the device, read at the next look: a check every step would stall a GPU.
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(window_loss), step, first_bad)
         loss_sum += window_loss
         correct += window_correct
-        size = sum(len(idx) for idx in window)
+        size = sum(len(labels) for _, _, labels in window)
         seen += size
-        tokens += sum(ids.numel() for ids, _, _ in micro_batches)
+        tokens += sum(ids.numel() for ids, _, _ in window)
         if step % LOG_EVERY == 0 or step == len(windows):
             bad, loss = torch.stack([first_bad.double(), window_loss.double() / size]).tolist()
             if bad:
@@ -181,10 +182,10 @@ def train_epoch(p, epoch: int, stepper: Stepper, rng, train: Encoded, group):
     return loss_sum, correct, seen, tokens
 
 
-def evaluate_shard(model, val: Encoded, group, batch_size: int, stepper: Stepper):
+def evaluate_shard(model, val: Encoded, group, batch_size: int, autocast):
     """Summed val loss and correct count of this process's share; all_sum gives the whole."""
     shard = np.arange(group.rank, len(val), group.world_size)
-    val_logits = logits(model, val.subset(shard), batch_size, stepper.autocast)
+    val_logits = logits(model, val.subset(shard), batch_size, autocast)
     labels = val.labels[torch.from_numpy(shard).to(val.labels.device)]
     loss_sum = F.binary_cross_entropy_with_logits(val_logits, labels, reduction="sum")
     return loss_sum, ((val_logits > 0) == (labels > 0.5)).sum()

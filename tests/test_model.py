@@ -116,11 +116,11 @@ def test_accumulated_micro_batches_give_the_gradients_of_one_batch(arch, sizes):
     data = _data(sum(sizes))
     model = make_model(**arch).train()
     edges = np.cumsum([0, *sizes])
-    micro = [data.batch(np.arange(a, b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    micro = data.batches([np.arange(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)])
     micro = [(ids, lengths, labels.double()) for ids, lengths, labels in micro]
     loss, correct = accumulate(model, micro)
     accumulated = _grads(model)
-    ids, lengths, labels = data.batch(np.arange(len(data)))
+    ((ids, lengths, labels),) = data.batches([np.arange(len(data))])
     whole_loss, whole_correct = accumulate(model, [(ids, lengths, labels.double())])
     whole = _grads(model)
     assert accumulated.keys() == whole.keys()
@@ -134,10 +134,10 @@ def test_last_partial_window_is_weighted_by_its_own_size():
     """A window of 2 samples after windows of 8: its gradient is the mean over those 2 alone."""
     data = _data(2)
     model = make_model().train()
-    a, b = data.batch(np.array([0])), data.batch(np.array([1]))
+    a, b = data.batches([np.array([0]), np.array([1])])
     accumulate(model, [(i, n, y.double()) for i, n, y in (a, b)])
     partial = _grads(model)
-    ids, lengths, labels = data.batch(np.array([0, 1]))
+    ((ids, lengths, labels),) = data.batches([np.array([0, 1])])
     accumulate(model, [(ids, lengths, labels.double())])
     for name, grad in _grads(model).items():
         torch.testing.assert_close(partial[name], grad, msg=name)
@@ -160,7 +160,7 @@ def saved_bytes(model, ids, lengths) -> int:
 @pytest.mark.parametrize("arch", ARCHITECTURES[:3])
 def test_checkpointing_gives_the_gradients_of_no_checkpointing(arch):
     data = _data(8)
-    batch = [(ids, n, y.double()) for ids, n, y in [data.batch(np.arange(8))]]
+    batch = [(ids, n, y.double()) for ids, n, y in data.batches([np.arange(8)])]
     model = make_model(**arch).train()
     accumulate(model, batch)
     plain = _grads(model)

@@ -37,11 +37,20 @@ class Encoded:
         rows = torch.from_numpy(idx).to(self.ids.device)
         return Encoded(self.ids[rows], self.lengths[rows], self.labels[rows], self.lengths_np[idx])
 
-    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ids cut to the batch's longest review, lengths, labels of the rows `idx`."""
+    def batch(self, idx: np.ndarray, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """ids cut to the batch's longest review, lengths, labels of the rows `idx` (`rows`: the
+        same indices on the device)."""
         width = max(int(self.lengths_np[idx].max()), 1)
-        rows = torch.from_numpy(idx).to(self.ids.device)
         return self.ids[rows, :width], self.lengths[rows], self.labels[rows]
+
+    def batches(self, order: list[np.ndarray]) -> list[tuple[torch.Tensor, ...]]:
+        """The batches of `order`, their indices sent to the device in one copy: a copy per
+        batch from pageable memory would make the host wait for the GPU every time."""
+        if not order:
+            return []
+        flat = torch.from_numpy(np.concatenate(order)).to(self.ids.device)
+        rows = flat.split([len(idx) for idx in order])
+        return [self.batch(idx, r) for idx, r in zip(order, rows, strict=True)]
 
 
 def batch_indices(

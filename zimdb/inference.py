@@ -1,5 +1,6 @@
 """The model's logits for a whole encoded split, batched by length, without gradients."""
 
+import numpy as np
 import torch
 
 from zimdb.batching import Encoded, batch_indices
@@ -10,8 +11,13 @@ def logits(model: torch.nn.Module, data: Encoded, batch_size: int, autocast) -> 
     """The model's logits for every row of `data`, in row order, computed in length order."""
     model.eval()
     out = torch.empty(len(data), device=data.ids.device)
-    for idx in batch_indices(data.lengths_np, batch_size):
-        ids, lengths, _ = data.batch(idx)
+    order = batch_indices(data.lengths_np, batch_size)
+    computed = torch.empty_like(out)
+    start = 0
+    for ids, lengths, _ in data.batches(order):
         with autocast:
-            out[torch.from_numpy(idx).to(out.device)] = model(ids, lengths).float()
+            computed[start : start + len(ids)] = model(ids, lengths).float()
+        start += len(ids)
+    if order:
+        out[torch.from_numpy(np.concatenate(order)).to(out.device)] = computed
     return out
