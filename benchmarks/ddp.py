@@ -1,10 +1,11 @@
 """Where two data-parallel CPU processes spend a training step: `uv run python -m benchmarks.ddp
 [--archive PATH] [--steps N]`.
 
-Encodes the real data, then times the train stage's own step (Stepper, batches dealt to the
-ranks in runs of equal width) in one process on every core, and in two gloo processes of one
-thread each (as torchrun starts them), split into forward, backward, gradient all-reduce and
-optimizer step. The all-reduce is the backward with gradient sync less the same backward without.
+Encodes the real data, then times a step of the train stage's shape (its model, batches dealt to
+the ranks in runs of about the same width, Adam, no accumulation) in one process on every core,
+and in two gloo processes of one thread each (as torchrun starts them), split into forward,
+backward and optimizer step; the gradient all-reduce is the backward with gradient sync less the
+same backward without.
 """
 
 import argparse

@@ -26,7 +26,7 @@ CLASSES = np.array(["negative", "positive"])  # label 0, label 1
 
 def main() -> None:
     p = params.load("evaluate")
-    device = resolve(p.device, "evaluate.device")
+    device = resolve(p.device, "params.yaml: evaluate.device")
     trained = TrainedModel.load(MODEL, device)
     records = read_encoded(ENCODED / "test.npy", len(trained.vocab))
     test = Encoded.from_records(records, device)

@@ -9,6 +9,7 @@ when started by torchrun. Writes data/model.pt and the curves under dvclive/trai
 import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +35,20 @@ LOG_EVERY = 20  # optimizer steps between looks at the loss: each look waits for
 
 def main() -> None:
     p = params.load("train")
-    device = resolve(p.device, "train.device")
+    device = resolve(p.device, "params.yaml: train.device")
+    # Read and checked before any relaunch, so a mistake is one line, not one per process.
+    vocab = read_vocab(VOCAB)
+    records = {s: read_encoded(ENCODED / f"{s}.npy", len(vocab)) for s in ("train", "val")}
+    if math.ceil(len(records["train"]) / p.batch_size) < p.nproc_per_node:
+        raise PipelineError(
+            f"params.yaml: {len(records['train'])} train reviews in batches of train.batch_size="
+            f"{p.batch_size} are too few for train.nproc_per_node={p.nproc_per_node} processes"
+        )
+    if device.type == "cuda" and p.nproc_per_node > torch.cuda.device_count():
+        raise PipelineError(
+            f"params.yaml: train.nproc_per_node={p.nproc_per_node} but only "
+            f"{torch.cuda.device_count()} CUDA GPU(s) are visible"
+        )
     if p.nproc_per_node > 1 and not distributed.launched_by_torchrun():
         sys.exit(distributed.relaunch("stages.train", p.nproc_per_node))
     group = distributed.init(device.type == "cuda")
@@ -42,9 +56,8 @@ def main() -> None:
         device = torch.device("cuda", group.local_rank)
 
     # --- setup: data, model, optimizer, the state a resumed run continues
-    vocab = read_vocab(VOCAB)
-    train = Encoded.from_records(read_encoded(ENCODED / "train.npy", len(vocab)), device)
-    val = Encoded.from_records(read_encoded(ENCODED / "val.npy", len(vocab)), device)
+    train = Encoded.from_records(records["train"], device)
+    val = Encoded.from_records(records["val"], device)
     torch.manual_seed(p.seed)  # the same initial weights in every process
     config = ModelConfig(
         len(vocab),
@@ -74,9 +87,13 @@ def main() -> None:
         autocast(device, p.amp),
         p.grad_clip,
     )
-    inputs = [VOCAB, ENCODED / "train.npy", ENCODED / "val.npy"]
+    # The code too: a state an older model or loop saved may not fit, or mean the same.
+    inputs = [VOCAB, ENCODED / "train.npy", ENCODED / "val.npy", *code_files()]
     state = TrainState(
-        stepper, model, np.random.default_rng(p.seed), fingerprint(p, inputs, group.world_size)
+        stepper,
+        model,
+        np.random.default_rng(p.seed),
+        fingerprint(p, inputs, group.world_size, device.type, amp),
     )
     torch.manual_seed(p.seed + group.rank)  # dropout: different in every process
     state.restore(p.epochs, device, group)
@@ -125,7 +142,7 @@ def main() -> None:
                 f"val loss is {metrics['val/loss']} after epoch {epoch}; lower train.lr"
             )
         state.end_epoch(metrics)
-        if group.is_main:  # rank 0 alone logs, keeps the resumable state and saves
+        if group.is_main:  # rank 0 alone logs
             print(
                 f"epoch {epoch}/{p.epochs}: train loss {metrics['train/loss']:.4f} "
                 f"acc {metrics['train/acc']:.4f} | val loss {metrics['val/loss']:.4f} "
@@ -137,7 +154,7 @@ def main() -> None:
             for name, value in metrics.items():
                 live.log_metric(name, value)
             live.next_step()
-            state.save()
+        state.save(group)
 
     # --- save
     if group.is_main:
@@ -148,6 +165,12 @@ def main() -> None:
         TrainedModel(model, vocab, encode.max_len, encode.truncate, amp).save(MODEL)
         print(f"saved {MODEL}: epoch {state.best_epoch}, val accuracy {state.best_acc:.4f}")
     distributed.shutdown(group)
+
+
+def code_files() -> list[Path]:
+    """The code that shapes a run's saved state: this stage, the model, the step, the batches."""
+    modules = (__name__, SentimentLSTM.__module__, Stepper.__module__, Encoded.__module__)
+    return [Path(sys.modules[m].__file__) for m in modules]
 
 
 def train_epoch(p, epoch: int, stepper: Stepper, rng, train: Encoded, group):

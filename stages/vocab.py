@@ -18,7 +18,9 @@ def main() -> None:
     ranked = ranked.sort_values(["count", "word"], ascending=[False, True], kind="stable")
     words = text.SPECIALS + ranked.word.head(p.size - len(text.SPECIALS)).tolist()
     write_vocab(words, VOCAB)
-    covered = ranked["count"].head(len(words) - 2).sum() / max(ranked["count"].sum(), 1)
+    covered = ranked["count"].head(len(words) - len(text.SPECIALS)).sum() / max(
+        ranked["count"].sum(), 1
+    )
     print(
         f"{len(words)} tokens; {len(ranked)} distinct words in train, {covered:.1%} of uses covered"
     )

@@ -191,8 +191,8 @@ def test_push_then_pull_in_a_fresh_clone_needs_no_rerun(clean_project, tmp_path)
 def test_interrupted_train_leaves_nothing_dvc_would_use(clean_project):
     root = clean_project
     write_params(root, **(SMALL | {"train.epochs": 15, "train.lr": 0.002}))
-    checkpoint = root / TRAIN_STATE
-    checkpoint.unlink(missing_ok=True)
+    saved_state = root / TRAIN_STATE
+    saved_state.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro"],
         cwd=root,
@@ -204,8 +204,8 @@ def test_interrupted_train_leaves_nothing_dvc_would_use(clean_project):
         preexec_fn=interruptible,
     )
     deadline = time.monotonic() + 120
-    while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)  # train has finished its first epoch once the checkpoint exists
+    while not saved_state.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # train has finished its first epoch once its state is saved
     os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: the whole foreground process group
     proc.communicate(timeout=60)
     assert proc.returncode != 0

@@ -246,3 +246,20 @@ def test_a_model_file_without_its_vocabulary_is_named(tmp_path):
         PipelineError, match=r"old.pt: cannot rebuild the model \(KeyError: 'vocab'\)"
     ):
         TrainedModel.load(tmp_path / "old.pt")
+
+
+def test_step_clips_the_unscaled_gradients_and_advances_the_schedule():
+    data = _data(8)
+    model = make_model().train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (step + 1))
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    stepper = Stepper(model, optimizer, schedule, scaler, nullcontext(), 1e-3)
+    before = torch.cat([w.detach().flatten().clone() for w in model.parameters()])
+    window = [(ids, n, y.double()) for ids, n, y in data.batches([np.arange(8)])]
+    stepper.step(window)
+    after = torch.cat([w.detach().flatten() for w in model.parameters()])
+    # SGD at lr 1 moves the weights by the clipped gradient: its norm is at most grad_clip.
+    assert 0 < torch.linalg.vector_norm(after - before) <= 1e-3 * (1 + 1e-6)
+    assert optimizer.param_groups[0]["lr"] == 0.5  # the schedule's second step
+    assert all(w.grad is None for w in model.parameters())  # ready for the next window

@@ -84,5 +84,5 @@ def test_cuda_device_without_gpu_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(device.torch.cuda, "is_available", lambda: False)
     with pytest.raises(PipelineError, match="train.device is 'cuda' but no CUDA GPU is visible"):
-        device.resolve("cuda", "train.device")
-    assert device.resolve("auto", "train.device").type == "cpu"
+        device.resolve("cuda", "params.yaml: train.device")
+    assert device.resolve("auto", "params.yaml: train.device").type == "cpu"

@@ -432,8 +432,11 @@ def test_the_model_artifact_is_fetched_by_name_and_served(built, tmp_path):
     finally:
         run(["git", "tag", "-d", tag], root)
     assert (tmp_path / "m.pt").read_bytes() == (root / "data/model.pt").read_bytes()
-    with TestClient(app(TrainedModel.load(tmp_path / "m.pt"))) as client:
-        assert post(client, "/predict", {"texts": ["great"]})["predictions"][0]["label"]
+    fetched, trained = TrainedModel.load(tmp_path / "m.pt"), TrainedModel.load(root / MODEL)
+    expected = trained.probabilities(pd.Series(["great"]))[0]
+    with TestClient(app(fetched)) as client:
+        answer = post(client, "/predict", {"texts": ["great"]})["predictions"][0]
+    assert answer["probability"] == pytest.approx(expected, abs=1e-6)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from stages import train as train_stage
 from tests.conftest import ROOT, encoded_records, git_init, interruptible, python_env, write_params
@@ -81,7 +82,7 @@ def state(root) -> dict:
     return torch.load(root / "data/model.pt", weights_only=True)["state_dict"]
 
 
-def checkpoint_epoch(root) -> int:
+def saved_epochs(root) -> int:
     path = root / TRAIN_STATE
     return len(torch.load(path, weights_only=True)["history"]) if path.exists() else 0
 
@@ -107,11 +108,11 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, uninterrupted, sig)
     cut = workdir(tmp_path, "cut", **{"train.epochs": epochs})
     proc = start_train(cut)
     deadline = time.monotonic() + 120
-    while checkpoint_epoch(cut) < 1 and time.monotonic() < deadline and proc.poll() is None:
+    while saved_epochs(cut) < 1 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    done = checkpoint_epoch(cut)
+    done = saved_epochs(cut)
     assert 1 <= done < epochs, "the run ended before it could be interrupted mid-way"
     assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
     if sig == signal.SIGINT:
@@ -135,7 +136,7 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, uninterrupted, sig)
         ]
 
 
-def test_checkpoint_from_other_params_is_not_resumed(tmp_path):
+def test_state_from_other_params_is_not_resumed(tmp_path):
     constant = {"train.lr_schedule": "constant"}
     root = workdir(tmp_path, "p", **constant, **{"train.epochs": 1})
     train_here(root)
@@ -208,3 +209,30 @@ def test_ddp_with_gloo_on_two_processes(tmp_path, monkeypatch, capfd):
     assert curves["val"]["loss"] == pytest.approx(val_loss, rel=1e-4)
     # 960 reviews in batches of 32 = 30 batches, an even number: both processes see 15 each.
     assert curves["samples_per_s"] * curves["epoch_time_s"] == pytest.approx(960)
+
+
+def test_state_from_another_device_or_precision_is_not_resumed(tmp_path):
+    from zimdb.params import Train
+    from zimdb.train_state import fingerprint
+
+    root = workdir(tmp_path, "fp")
+    p = Train(**yaml.safe_load((root / "params.yaml").read_text())["train"])
+    inputs = [root / "data/vocab.txt"]
+    prints = {fingerprint(p, inputs, 1, dev, amp) for dev in ("cpu", "cuda") for amp in (0, 1)}
+    assert len(prints) == 4
+    assert fingerprint(p, inputs, 1, "cpu", False) != fingerprint(p, inputs, 2, "cpu", False)
+
+
+def test_too_few_batches_for_the_processes_is_one_line(tmp_path):
+    from zimdb.errors import PipelineError
+
+    root = workdir(tmp_path, "few", **{"train.nproc_per_node": 2})
+    write_params(root, **{**TINY, "train.batch_size": 960, "train.nproc_per_node": 2})
+    with (
+        contextlib.chdir(root),
+        pytest.raises(
+            PipelineError,
+            match=r"960 train reviews in batches of train.batch_size=960 are too few for train.nproc_per_node=2",
+        ),
+    ):
+        train_stage.main()

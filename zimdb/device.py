@@ -7,12 +7,11 @@ import torch
 from zimdb.errors import PipelineError
 
 
-def resolve(name: str, key: str) -> torch.device:
-    """`auto` takes CUDA when present; `cuda` without a GPU is a user error naming `key`."""
+def resolve(name: str, where: str) -> torch.device:
+    """`auto` takes CUDA when present; `cuda` without a GPU is a user error naming `where` (a
+    params key or a command-line option)."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(
-            f"params.yaml: {key} is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'"
-        )
+        raise PipelineError(f"{where} is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
@@ -36,12 +35,14 @@ def autocast(device: torch.device, amp: bool) -> AbstractContextManager:
 
 
 # Dense peak FLOP/s of common GPUs (vendor datasheets, SXM/boards without sparsity): fp16 tensor
-# cores under autocast, fp32 (no TF32) otherwise. Matched by a substring of the device name.
+# cores under autocast, fp32 (no TF32) otherwise. The first key found in the device name wins, so
+# longer names come before their prefixes (A100 before A10, L40 before L4).
 GPU_PEAK = {
     "H200": (989e12, 67e12),
     "H100": (989e12, 67e12),
     "A100": (312e12, 19.5e12),
     "L40S": (362e12, 91.6e12),
+    "L40": (181e12, 90.5e12),
     "L4": (121e12, 30.3e12),
     "A10": (125e12, 31.2e12),
     "RTX 4090": (165e12, 82.6e12),

@@ -85,6 +85,15 @@ def broadcast(group: Group, obj, device: torch.device):
     return shared[0]
 
 
+def gather(group: Group, obj) -> list:
+    """Every process's `obj` in rank order (on every rank; a list of one in a group of one)."""
+    if not group.enabled:
+        return [obj]
+    gathered = [None] * group.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def shutdown(group: Group) -> None:
-    if group.enabled:
+    if dist.is_initialized():  # torchrun with one process starts a group too
         dist.destroy_process_group()

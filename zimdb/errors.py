@@ -15,5 +15,5 @@ def run(main: Callable[[], None]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: this stage's outputs were not written", file=sys.stderr)
+        print("interrupted: nothing was written", file=sys.stderr)
         sys.exit(130)

@@ -36,7 +36,7 @@ from zimdb.trained_model import TrainedModel
 
 MAX_BODY = 1 << 20  # bytes
 MAX_TEXTS = 256  # per request
-GATHER = MAX_TEXTS  # most reviews scored in one call to the model, unless one request brings more
+GATHER = MAX_TEXTS  # most reviews scored in one call to the model: one full request
 GATHER_WAIT = 0.002  # seconds a request arriving alone waits for others, if the last had company
 # Reviews per forward pass: a call sorts what it gathered by length and runs batches of this
 # size. On the project's 2-core CPU, 16 ran fastest (256 gathered reviews: 1171 reviews/s at

@@ -22,16 +22,18 @@ import numpy as np
 import torch
 
 from zimdb.artifacts import atomic_path
-from zimdb.distributed import Group, broadcast
+from zimdb.distributed import Group, broadcast, gather
 from zimdb.params import Train
 from zimdb.paths import TRAIN_STATE
 from zimdb.training import Stepper
 
 
-def fingerprint(p: Train, inputs: list[Path], world_size: int) -> str:
+def fingerprint(p: Train, inputs: list[Path], world_size: int, device: str, amp: bool) -> str:
+    """What a saved state must match to be continued: the train params, the processes, the
+    device type and precision it ran with, and the bytes of `inputs` (data and code)."""
     digest = hashlib.sha256()
     settings = p.model_dump(exclude={"epochs"} if p.lr_schedule == "constant" else set())
-    digest.update(json.dumps([settings, world_size], sort_keys=True).encode())
+    digest.update(json.dumps([settings, world_size, device, amp], sort_keys=True).encode())
     for path in inputs:
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -60,7 +62,11 @@ class TrainState:
             self.best_epoch, self.best_acc = self.epoch, metrics["val/acc"]
             self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
-    def save(self, path: Path = TRAIN_STATE) -> None:
+    def save(self, group: Group, path: Path = TRAIN_STATE) -> None:
+        """Every process calls it: rank 0 writes, with each process's random generators."""
+        rngs = gather(group, random_state())
+        if not group.is_main:
+            return
         state = {
             "fingerprint": self.fingerprint,
             "model": self.model.state_dict(),
@@ -68,7 +74,7 @@ class TrainState:
             "schedule": self.stepper.schedule.state_dict(),
             "scaler": self.stepper.scaler.state_dict(),
             "numpy_rng": self.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": rngs,  # per rank: dropout differs between processes
             "history": self.history,
             "best": (self.best_epoch, self.best_acc, self.best_weights),
         }
@@ -78,7 +84,7 @@ class TrainState:
     def restore(self, epochs: int, device: torch.device, group: Group, path=TRAIN_STATE) -> None:
         """Continue the saved run if it can be continued, else start afresh. Rank 0 decides
         (and says why); every process then resumes from what it read."""
-        state = self._continuable(epochs, device, path) if group.is_main else None
+        state = self._continuable(epochs, path) if group.is_main else None
         state = broadcast(group, state, device)
         if state is None:
             return
@@ -87,15 +93,20 @@ class TrainState:
         self.stepper.schedule.load_state_dict(state["schedule"])
         self.stepper.scaler.load_state_dict(state["scaler"])
         self.rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"].cpu())
+        cpu_rng, cuda_rng = state["torch_rng"][group.rank]
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng)
         self.history = state["history"]
         self.best_epoch, self.best_acc, self.best_weights = state["best"]
 
-    def _continuable(self, epochs: int, device: torch.device, path: Path) -> dict | None:
+    def _continuable(self, epochs: int, path: Path) -> dict | None:
         if not path.exists():
             return None
         try:
-            state = torch.load(path, map_location=device, weights_only=True)
+            # To the CPU: rank 0 broadcasts it, and tensors pickled on its GPU would unpickle onto
+            # that same GPU in every process; load_state_dict moves them where they belong.
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # unreadable: a fresh start is always correct, so say so and go on
             print(f"{path} is unreadable ({type(e).__name__}); starting afresh")
             return None
@@ -107,3 +118,9 @@ class TrainState:
             return None
         print(f"resuming from {path}: epoch {len(state['history'])} of {epochs} done")
         return state
+
+
+def random_state() -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This process's torch generators: the CPU's, and its GPU's where there is one."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
