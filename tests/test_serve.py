@@ -432,7 +432,10 @@ def test_the_model_artifact_is_fetched_by_name_and_served(built, tmp_path):
     finally:
         run(["git", "tag", "-d", tag], root)
     assert (tmp_path / "m.pt").read_bytes() == (root / "data/model.pt").read_bytes()
-    fetched, trained = TrainedModel.load(tmp_path / "m.pt"), TrainedModel.load(root / MODEL)
+    fetched, trained = (
+        TrainedModel.load(tmp_path / "m.pt"),
+        TrainedModel.load(root / "data/model.pt"),
+    )
     expected = trained.probabilities(pd.Series(["great"]))[0]
     with TestClient(app(fetched)) as client:
         answer = post(client, "/predict", {"texts": ["great"]})["predictions"][0]
