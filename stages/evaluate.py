@@ -5,7 +5,6 @@ curve and the confusion matrix (classes by name) under dvclive/evaluate/plots, a
 review's probability to data/predictions/test.parquet.
 """
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -19,9 +18,7 @@ from zimdb.device import resolve
 from zimdb.errors import run
 from zimdb.inference import logits
 from zimdb.paths import ENCODED, EVALUATE_LIVE, MODEL, PREDICTIONS
-from zimdb.trained_model import TrainedModel
-
-CLASSES = np.array(["negative", "positive"])  # label 0, label 1
+from zimdb.trained_model import CLASSES, THRESHOLD, TrainedModel
 
 
 def main() -> None:
@@ -34,7 +31,7 @@ def main() -> None:
     loss = F.binary_cross_entropy_with_logits(test_logits, test.labels).item()
     prob = torch.sigmoid(test_logits).cpu().numpy()
     y = test.labels.cpu().numpy().astype(int)
-    pred = (prob > 0.5).astype(int)
+    pred = (prob > THRESHOLD).astype(int)
     scores = {
         "loss": loss,
         "accuracy": metrics.accuracy_score(y, pred),

@@ -19,7 +19,7 @@ from zimdb.artifacts import atomic_path
 from zimdb.device import resolve
 from zimdb.errors import PipelineError, run
 from zimdb.paths import MODEL
-from zimdb.trained_model import TrainedModel
+from zimdb.trained_model import TrainedModel, labels
 
 CHUNK = 8192  # reviews cleaned and encoded at a time: bounded memory for any file size
 WRITERS = {
@@ -111,9 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     texts = read_texts(args.file) if args.file else pd.Series(args.texts, dtype=object)
     trained = TrainedModel.load(args.model, resolve(args.device, "--device"))
     prob = probabilities(texts, trained, args.batch_size)
-    result = pd.DataFrame(
-        {"text": texts, "label": np.where(prob > 0.5, "positive", "negative"), "probability": prob}
-    )
+    result = pd.DataFrame({"text": texts, "label": labels(prob), "probability": prob})
     if args.output:
         with atomic_path(args.output) as tmp:
             WRITERS[args.output.suffix](result, tmp)

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from zimdb.device import resolve
 from zimdb.errors import run
 from zimdb.paths import MODEL
-from zimdb.trained_model import TrainedModel
+from zimdb.trained_model import TrainedModel, labels
 
 MAX_BODY = 1 << 20  # bytes
 MAX_TEXTS = 256  # per request
@@ -238,10 +238,6 @@ class ExplainResponse(BaseModel):
     running_note: str | None
 
 
-def label(probability: float) -> str:
-    return "positive" if probability > 0.5 else "negative"
-
-
 def describe(errors: list[dict]) -> str:
     """One readable line for a request's validation errors, e.g. `texts[2]: Input should be a
     valid string`: FastAPI's own list repeats each bad input, which may be a megabyte."""
@@ -299,7 +295,9 @@ def create_app(worker: ModelWorker) -> FastAPI:
         """P(positive) and the label of each review, as `zimdb.predict` gives them."""
         probabilities = await asyncio.wrap_future(worker.submit(request.texts))
         return PredictResponse(
-            predictions=[Prediction(label=label(p), probability=p) for p in probabilities.tolist()]
+            predictions=[
+                Prediction(label=labels(p).item(), probability=p) for p in probabilities.tolist()
+            ]
         )
 
     @app.post("/explain", responses=ERRORS)
@@ -307,7 +305,7 @@ def create_app(worker: ModelWorker) -> FastAPI:
         """One review as the model read it and its verdict after each word, from one pass."""
         reading = await asyncio.wrap_future(worker.call(lambda: trained.read(request.text)))
         return ExplainResponse(
-            label=label(reading.probability),
+            label=labels(reading.probability).item(),
             probability=reading.probability,
             words=reading.words,
             unknown=reading.unknown,

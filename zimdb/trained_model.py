@@ -34,6 +34,15 @@ class Reading:
     running: list[float] | None  # P(positive) had the review ended at each word; see running()
 
 
+CLASSES = np.array(["negative", "positive"])  # label 0, label 1
+THRESHOLD = 0.5  # P(positive) above it is a positive verdict
+
+
+def labels(probability: np.ndarray) -> np.ndarray:
+    """The class names of P(positive), as evaluate counts them."""
+    return CLASSES[(np.asarray(probability) > THRESHOLD).astype(int)]
+
+
 @dataclass
 class TrainedModel:
     model: SentimentLSTM
