@@ -1,5 +1,6 @@
 import ast
 import atexit
+import dataclasses
 import hashlib
 import io
 import json
@@ -19,6 +20,8 @@ import pytest
 import yaml
 
 from zimdb.artifacts import encoded_dtype
+from zimdb.model import ModelConfig
+from zimdb.params import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +58,12 @@ def write_params(root: Path, **overrides) -> None:
         section, name = key.split(".")
         params[section][name] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def model_config(vocab_size: int, **overrides) -> ModelConfig:
+    """The model params.yaml describes, with `overrides` (a smaller size, no dropout, ...)."""
+    train = validate(yaml.safe_load((ROOT / "params.yaml").read_text())).train
+    return dataclasses.replace(ModelConfig.from_params(train, vocab_size), **overrides)
 
 
 def movie_of(split: str, review_id: int) -> str:
@@ -301,6 +310,7 @@ SMALL = {
     "train.embedding_dim": 8,
     "vocab.size": 300,
     "encode.max_len": 32,
+    "train.precision": "bf16",  # the AMP path end to end: emulated, and slow, on a CPU without it
 }
 
 

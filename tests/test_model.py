@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import encoded_records
+from tests.conftest import encoded_records, model_config
 from zimdb.batching import Encoded, batch_indices
 from zimdb.errors import PipelineError
-from zimdb.model import ModelConfig, SentimentLSTM, reverse_within_length
+from zimdb.model import SentimentLSTM, reverse_within_length
+from zimdb.model_file import ModelFile
 from zimdb.trained_model import TrainedModel
 from zimdb.training import Stepper
 
@@ -31,8 +32,11 @@ def accumulate(model, window):
 
 
 def make_model(**kw) -> SentimentLSTM:
+    """A small model in float64 without dropout, and with PyTorch's own init unless kw say
+    otherwise: exact comparisons of outputs and gradients."""
     torch.manual_seed(0)
-    return SentimentLSTM(ModelConfig(50, embedding_dim=8, hidden_dim=6, **kw)).double()
+    shape = {"embedding_dim": 8, "hidden_dim": 6, "dropout": 0.0, "forget_bias": 0.0} | kw
+    return SentimentLSTM(model_config(50, **shape)).double()
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -171,7 +175,7 @@ def test_checkpointing_gives_the_gradients_of_no_checkpointing(arch):
 
 
 def test_checkpointing_keeps_a_fraction_of_the_activations_for_backward():
-    model = SentimentLSTM(ModelConfig(50, embedding_dim=16, hidden_dim=64)).train()
+    model = SentimentLSTM(model_config(50, embedding_dim=16, hidden_dim=64)).train()
     ids, lengths = torch.randint(2, 50, (16, 250)), torch.full((16,), 250)
     plain = saved_bytes(model, ids, lengths)
     model.grad_checkpointing = True
@@ -209,9 +213,14 @@ VOCAB = ["<pad>", "<unk>"] + [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in
 
 def test_saved_model_rebuilds_with_the_same_outputs_and_settings(tmp_path):
     model = make_model(bidirectional=True).float().eval()
-    TrainedModel(model, VOCAB, 7, "head", amp=True).save(tmp_path / "m.pt")
-    loaded = TrainedModel.load(tmp_path / "m.pt")
-    assert (loaded.vocab, loaded.max_len, loaded.truncate, loaded.amp) == (VOCAB, 7, "head", True)
+    ModelFile(model, VOCAB, 7, "head", "bf16").save(tmp_path / "m.pt")
+    loaded = ModelFile.load(tmp_path / "m.pt")
+    assert (loaded.vocab, loaded.max_len, loaded.truncate, loaded.precision) == (
+        VOCAB,
+        7,
+        "head",
+        "bf16",
+    )
     assert loaded.model.config == model.config
     ids, lengths = torch.randint(2, 50, (3, 5)), torch.tensor([5, 2, 4])
     with torch.no_grad():
@@ -219,7 +228,7 @@ def test_saved_model_rebuilds_with_the_same_outputs_and_settings(tmp_path):
 
 
 def test_model_file_alone_scores_raw_text_with_its_own_vocab_and_max_len(tmp_path):
-    TrainedModel(make_model().float(), VOCAB, 3, "head", amp=False).save(tmp_path / "m.pt")
+    ModelFile(make_model().float(), VOCAB, 3, "head", "fp32").save(tmp_path / "m.pt")
     trained = TrainedModel.load(tmp_path / "m.pt")
     encoded = trained.encode(pd.Series(["waa <b>WAB</b> nope wac wad", ""]))
     assert encoded.ids.tolist() == [[2, 3, 1], [0, 0, 0]]  # cut to 3, unknown -> 1, tags gone
@@ -231,9 +240,9 @@ def test_model_file_alone_scores_raw_text_with_its_own_vocab_and_max_len(tmp_pat
 
 
 def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path):
-    trained = TrainedModel(make_model(), VOCAB, 7, "tail", amp=False)
-    trained.save(tmp_path / "a.pt")
-    trained.save(tmp_path / "b.pt")
+    file = ModelFile(make_model(), VOCAB, 7, "tail", "fp32")
+    file.save(tmp_path / "a.pt")
+    file.save(tmp_path / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
 
 

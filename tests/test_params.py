@@ -28,7 +28,11 @@ def test_committed_params_are_valid():
         ("train.grad_accum_steps", 0, r"train.grad_accum_steps must be an integer >= 1, got 0"),
         ("train.epochs", 0, r"train.epochs must be an integer >= 1, got 0"),
         ("train.epochs", 2.5, r"train.epochs must be an integer >= 1, got 2.5"),
-        ("train.amp", "yes", r"train.amp must be true or false, got 'yes'"),
+        (
+            "train.precision",
+            "half",
+            r"train.precision must be one of 'auto', 'fp32', 'bf16', 'fp16', got 'half'",
+        ),
         ("train.epochs", True, r"train.epochs must be an integer >= 1, got True"),
         ("download.source", "kaggle", r"download.source must be one of 'modelscope', 'aclimdb'"),
         ("train.device", "tpu", r"train.device must be one of 'auto', 'cpu', 'cuda', got 'tpu'"),

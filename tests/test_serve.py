@@ -23,9 +23,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from tests.conftest import dvc, python_env, run
+from tests.conftest import dvc, model_config, python_env, run
 from zimdb import errors, serve, text
-from zimdb.model import ModelConfig, SentimentLSTM
+from zimdb.explain import read
+from zimdb.model import SentimentLSTM
+from zimdb.model_file import ModelFile
 from zimdb.serve import MAX_BODY, MAX_TEXTS, ModelWorker, create_app
 from zimdb.trained_model import TrainedModel
 
@@ -239,15 +241,15 @@ def test_explain_gives_the_words_read_and_the_running_verdict(built, trained, tr
 def random_model(**config) -> TrainedModel:
     torch.manual_seed(0)
     vocab = text.SPECIALS + ["not", "bad", "at", "all", "but", "the", "end", "is", "awful"]
-    model = SentimentLSTM(ModelConfig(len(vocab), embedding_dim=6, hidden_dim=5, **config))
-    return TrainedModel(model.eval(), vocab, max_len=8, truncate="tail", amp=False)
+    model = SentimentLSTM(model_config(len(vocab), embedding_dim=6, hidden_dim=5, **config))
+    return TrainedModel.from_file(ModelFile(model.eval(), vocab, 8, "tail", "fp32"))
 
 
 def test_running_verdict_is_the_verdict_on_each_prefix():
     """The probability at word t is what the model says of the review cut after word t."""
     trained = random_model(num_layers=2)
     review = "not bad at all, but the zzqx end is awful"
-    reading = trained.read(review)
+    reading = read(trained, review)
     words = review.replace(",", "").split()
     assert reading.words == words[-8:] and reading.cut == len(words) - 8
     prefixes = pd.Series([" ".join(reading.words[: t + 1]) for t in range(len(reading.words))])

@@ -19,7 +19,8 @@ from zimdb import distributed
 from zimdb.artifacts import write_encoded, write_vocab
 from zimdb.batching import Encoded
 from zimdb.inference import logits
-from zimdb.paths import TRAIN_STATE
+from zimdb.model_file import ModelFile
+from zimdb.paths import MODEL, TRAIN_STATE
 from zimdb.trained_model import TrainedModel
 from zimdb.training import lr_factor
 
@@ -29,6 +30,7 @@ TINY = {
     "train.batch_size": 32,
     "train.grad_accum_steps": 2,
     "train.device": "cpu",
+    "train.precision": "fp32",
 }
 
 
@@ -69,11 +71,11 @@ def train_here(root) -> str:
     return out.getvalue()
 
 
-def workdir(tmp_path, name, **overrides):
+def workdir(tmp_path, name, n_train=960, **overrides):
     root = tmp_path / name
     root.mkdir()
-    make_data(root)
-    write_params(root, **TINY, **overrides)
+    make_data(root, n_train=n_train)
+    write_params(root, **(TINY | overrides))
     git_init(root)
     return root
 
@@ -90,22 +92,25 @@ def saved_epochs(root) -> int:
 EPOCHS = 3
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    root = workdir(tmp_path_factory.mktemp("whole"), "whole", **{"train.epochs": EPOCHS})
+@pytest.fixture(scope="module", params=["fp32", "bf16"])
+def uninterrupted(request, tmp_path_factory):
+    """A whole run in each precision (bf16 is emulated, and slow, on a CPU without it)."""
+    precision = {"train.epochs": EPOCHS, "train.precision": request.param}
+    root = workdir(tmp_path_factory.mktemp("whole"), "whole", **precision)
     train_here(root)
-    return root
+    return root, precision
 
 
 def test_a_run_on_learnable_data_beats_chance(uninterrupted):
-    summary = json.loads((uninterrupted / "dvclive/train/metrics.json").read_text())
+    root, _ = uninterrupted
+    summary = json.loads((root / "dvclive/train/metrics.json").read_text())
     assert summary["best/val_acc"] > 0.9  # words 2-5 positive, 6-9 negative: separable
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_run_resumes_to_the_same_model(tmp_path, uninterrupted, sig):
-    epochs, whole = EPOCHS, uninterrupted
-    cut = workdir(tmp_path, "cut", **{"train.epochs": epochs})
+    (whole, precision), epochs = uninterrupted, EPOCHS
+    cut = workdir(tmp_path, "cut", **precision)
     proc = start_train(cut)
     deadline = time.monotonic() + 120
     while saved_epochs(cut) < 1 and time.monotonic() < deadline and proc.poll() is None:
@@ -188,7 +193,9 @@ def test_shards_are_disjoint_equal_and_change_with_the_epoch_order():
 
 
 def test_ddp_with_gloo_on_two_processes(tmp_path, monkeypatch, capfd):
-    root = workdir(tmp_path, "ddp", **{"train.epochs": 1, "train.nproc_per_node": 2})
+    # 950 reviews in batches of 32: 29 of 32 and one of 22, which only one process reads.
+    ddp = {"train.epochs": 1, "train.nproc_per_node": 2}
+    root = workdir(tmp_path, "ddp", n_train=950, **ddp)
     monkeypatch.chdir(root)
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # torchrun's processes import stages.train
     with pytest.raises(SystemExit) as launcher:  # the stage's process exits with torchrun's code
@@ -207,8 +214,9 @@ def test_ddp_with_gloo_on_two_processes(tmp_path, monkeypatch, capfd):
     val_loss = torch.nn.functional.binary_cross_entropy_with_logits(out, val.labels).item()
     assert curves["val"]["acc"] == pytest.approx(val_acc, abs=1e-6)
     assert curves["val"]["loss"] == pytest.approx(val_loss, rel=1e-4)
-    # 960 reviews in batches of 32 = 30 batches, an even number: both processes see 15 each.
-    assert curves["samples_per_s"] * curves["epoch_time_s"] == pytest.approx(960)
+    # 30 batches, an even number: both processes see 15 each, one of them the short one. The
+    # samples are counted across processes, not as one process's count times two (960).
+    assert curves["samples_per_s"] * curves["epoch_time_s"] == pytest.approx(950)
 
 
 def test_state_from_another_device_or_precision_is_not_resumed(tmp_path):
@@ -218,9 +226,10 @@ def test_state_from_another_device_or_precision_is_not_resumed(tmp_path):
     root = workdir(tmp_path, "fp")
     p = Train(**yaml.safe_load((root / "params.yaml").read_text())["train"])
     inputs = [root / "data/vocab.txt"]
-    prints = {fingerprint(p, inputs, 1, dev, amp) for dev in ("cpu", "cuda") for amp in (0, 1)}
-    assert len(prints) == 4
-    assert fingerprint(p, inputs, 1, "cpu", False) != fingerprint(p, inputs, 2, "cpu", False)
+    precisions = ("fp32", "bf16", "fp16")
+    prints = {fingerprint(p, inputs, 1, d, x) for d in ("cpu", "cuda") for x in precisions}
+    assert len(prints) == 6
+    assert fingerprint(p, inputs, 1, "cpu", "fp32") != fingerprint(p, inputs, 2, "cpu", "fp32")
 
 
 def test_too_few_batches_for_the_processes_is_one_line(tmp_path):
@@ -232,7 +241,70 @@ def test_too_few_batches_for_the_processes_is_one_line(tmp_path):
         contextlib.chdir(root),
         pytest.raises(
             PipelineError,
-            match=r"960 train reviews in batches of train.batch_size=960 are too few for train.nproc_per_node=2",
+            match=r"960 train reviews in batches of train.batch_size=960 are too few for train.nproc_per_node=2 processes$",
         ),
     ):
         train_stage.main()
+
+
+def test_a_torchrun_with_more_processes_than_batches_is_one_line(tmp_path, monkeypatch):
+    """A torchrun started by hand sets the processes, not train.nproc_per_node: a process
+    without a batch would make no step (and divide by zero steps in its schedule)."""
+    from zimdb.errors import PipelineError
+
+    root = workdir(tmp_path, "by-hand")
+    monkeypatch.setattr(distributed, "launched_by_torchrun", lambda: True)
+    monkeypatch.setattr(distributed, "init", lambda cuda: distributed.Group(0, 0, 40, 40))
+    with (
+        contextlib.chdir(root),
+        pytest.raises(
+            PipelineError,
+            match=r"960 train reviews in batches of train.batch_size=32 are too few for "
+            r"torchrun's WORLD_SIZE=40 processes$",
+        ),
+    ):
+        train_stage.main()
+
+
+def test_a_state_of_another_layout_starts_afresh_in_one_line(tmp_path):
+    root = workdir(tmp_path, "layout", **{"train.epochs": 2})
+    train_here(root)
+    state = torch.load(root / TRAIN_STATE, weights_only=True)
+    del state["scaler"]  # as a version that saved no scaler would have written it
+    torch.save(state, root / TRAIN_STATE)
+    (root / MODEL).unlink()
+    assert f"{TRAIN_STATE} is of another layout; starting afresh" in train_here(root)
+    assert (root / MODEL).exists()
+
+
+def test_a_failure_after_the_last_epoch_loses_no_epoch(tmp_path, uninterrupted, monkeypatch):
+    (whole, precision), epochs = uninterrupted, EPOCHS
+    root = workdir(tmp_path, "late", **precision)
+    save = ModelFile.save
+
+    def full_disk(self, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ModelFile, "save", full_disk)
+    with pytest.raises(OSError), contextlib.chdir(root):
+        train_stage.main()
+    assert saved_epochs(root) == epochs and not (root / MODEL).exists()
+    monkeypatch.setattr(ModelFile, "save", save)
+    out = train_here(root)
+    assert f"resuming from {TRAIN_STATE}: epoch {epochs} of {epochs} done" in out
+    assert "epoch 1/" not in out  # no epoch trained again
+    a, b = state(whole), state(root)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_model_file_keeps_the_encode_settings_the_run_started_with(tmp_path, monkeypatch):
+    root = workdir(tmp_path, "edited", **{"train.epochs": 1, "encode.max_len": 40})
+    validate = train_stage.train_and_validate
+
+    def edit_params_mid_run(run, epoch):  # as a user editing params.yaml during the run
+        write_params(root, **TINY, **{"train.epochs": 1, "encode.max_len": 99})
+        return validate(run, epoch)
+
+    monkeypatch.setattr(train_stage, "train_and_validate", edit_params_mid_run)
+    train_here(root)
+    assert ModelFile.load(root / MODEL).max_len == 40  # what data/encoded was made with

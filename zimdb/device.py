@@ -1,6 +1,6 @@
-"""Choosing the torch device from params, and the precision to compute in on it."""
+"""Choosing the torch device from params, and the peak FLOP/s a run's utilisation is read against."""
 
-from contextlib import AbstractContextManager, nullcontext
+import time
 
 import torch
 
@@ -17,26 +17,9 @@ def resolve(name: str, where: str) -> torch.device:
     return torch.device(name)
 
 
-def uses_amp(device: torch.device, amp: bool) -> bool:
-    """fp16 autocast trades precision for GPU speed; on a CPU it would only slow things down."""
-    return amp and device.type == "cuda"
-
-
-def autocast(device: torch.device, amp: bool) -> AbstractContextManager:
-    """The one precision context of a run: fp16 autocast where uses_amp, else none.
-
-    Without autocast's weight-cast cache: a checkpointed chunk recomputed in backward would find
-    the cached casts of its forward gone and fail checkpoint's check that it saved the same
-    tensors (a known PyTorch pitfall). Each LSTM call casts its weights once anyway.
-    """
-    if not uses_amp(device, amp):
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16, cache_enabled=False)
-
-
-# Dense peak FLOP/s of common GPUs (vendor datasheets, SXM/boards without sparsity): fp16 tensor
-# cores under autocast, fp32 (no TF32) otherwise. The first key found in the device name wins, so
-# longer names come before their prefixes (A100 before A10, L40 before L4).
+# Dense peak FLOP/s of common GPUs (vendor datasheets, SXM/boards without sparsity): fp16/bf16
+# tensor cores under autocast, fp32 (no TF32) otherwise. The first key found in the device name
+# wins, so longer names come before their prefixes (A100 before A10, L40 before L4).
 GPU_PEAK = {
     "H200": (989e12, 67e12),
     "H100": (989e12, 67e12),
@@ -50,18 +33,32 @@ GPU_PEAK = {
     "V100": (125e12, 15.7e12),
     "T4": (65e12, 8.1e12),
 }
-# fp32 matmul rate of a 2-core x86 host like the project's CI machine, measured by
-# `uv run python -m benchmarks.run` (its matmul line): a CPU has no datasheet peak to quote.
-CPU_PEAK = 168e9
 
 
-def peak_flops(device: torch.device, amp: bool, processes_here: int = 1) -> float | None:
-    """One process's peak FLOP/s, what its utilisation is reported against; None for a GPU not
-    in the table. A GPU is one process's own; the CPU is shared by the processes on it."""
+def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.2) -> float:
+    """FLOP/s of square matmuls in `dtype`, measured now with this process's threads."""
+    size = 4096 if device.type == "cuda" else 1024  # on 2 cores, 2048 reads no faster
+    a = torch.rand(size, size, device=device).to(dtype)
+    b = torch.rand(size, size, device=device).to(dtype)
+    a @ b  # warm-up: kernel selection and thread pool start
+    n, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        n += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2 * size**3 * n / elapsed
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """One process's peak FLOP/s in `dtype`: a GPU's datasheet figure (None for a GPU not in
+    the table); on a CPU, which has no datasheet to quote, a square matmul measured now."""
     if device.type != "cuda":
-        return CPU_PEAK / processes_here
+        return matmul_flops(device, dtype)
     name = torch.cuda.get_device_name(device)
-    for model, (fp16, fp32) in GPU_PEAK.items():
+    for model, (half, fp32) in GPU_PEAK.items():
         if model in name:
-            return fp16 if uses_amp(device, amp) else fp32
+            return fp32 if dtype == torch.float32 else half
     return None

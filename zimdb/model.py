@@ -1,10 +1,12 @@
 """SentimentLSTM and the config it is built from."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from zimdb.params import Train
 
 # Time steps per checkpointed chunk: at max_len 250, about a tenth of a layer's activations is
 # alive at once in backward, for one extra forward pass.
@@ -13,17 +15,26 @@ CHECKPOINT_STEPS = 25
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything that shapes a SentimentLSTM; model.pt stores it to rebuild the model."""
+    """Everything that shapes a SentimentLSTM; model.pt stores it to rebuild the model.
+
+    No defaults: params.yaml's train section is the one place they are set (from_params).
+    """
 
     vocab_size: int
-    embedding_dim: int = 128
-    hidden_dim: int = 256
-    num_layers: int = 1
-    bidirectional: bool = False
-    pooling: str = "last"  # last: state at the last real token; max: max over real tokens
-    dropout: float = 0.0
-    word_dropout: float = 0.0
-    forget_bias: float = 0.0  # shapes the initial weights only
+    embedding_dim: int
+    hidden_dim: int
+    num_layers: int
+    bidirectional: bool
+    pooling: str  # last: state at the last real token; max: max over real tokens
+    dropout: float
+    word_dropout: float
+    forget_bias: float  # shapes the initial weights only
+
+    @classmethod
+    def from_params(cls, p: Train, vocab_size: int) -> "ModelConfig":
+        """The config of train params `p`, each field taken from the key of its name."""
+        shape = {f.name: getattr(p, f.name) for f in fields(cls) if f.name != "vocab_size"}
+        return cls(vocab_size=vocab_size, **shape)
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -74,12 +85,31 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor, chunk: int) -> torch.Tensor:
     at a time: only one chunk's activations are alive at once.
     """
     if not chunk:
-        return lstm(x)[0]
+        return call_lstm(lstm, x)[0]
     outs, state = [], None
     for piece in x.split(chunk, dim=1):
-        out, state = checkpoint(lstm, piece, state, use_reentrant=False)
+        out, state = checkpoint(call_lstm, lstm, piece, state, use_reentrant=False)
         outs.append(out)
     return torch.cat(outs, dim=1)
+
+
+def call_lstm(lstm: nn.LSTM, x: torch.Tensor, state=None):
+    """`lstm(x, state)`, or under CPU bf16 autocast where oneDNN has no bf16 LSTM (a CPU without
+    AVX-512), aten's own LSTM on bf16 weights: oneDNN would refuse the call ("could not create a
+    primitive descriptor"), and autocast would leave aten's LSTM in fp32. Correct, and slow."""
+    emulate = (
+        x.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+    if not emulate:
+        return lstm(x, state)
+    weights = {name: w.to(torch.bfloat16) for name, w in lstm.named_parameters()}
+    state = state and tuple(s.to(torch.bfloat16) for s in state)
+    off = {"enabled": False, "deterministic": None, "allow_tf32": None, "fp32_precision": None}
+    with torch.backends.mkldnn.flags(**off):
+        return torch.func.functional_call(lstm, weights, (x.to(torch.bfloat16), state))
 
 
 class SentimentLSTM(nn.Module):

@@ -61,7 +61,7 @@ class Train(Section):
     lr_schedule: Literal["constant", "cosine"]
     grad_accum_steps: int = Field(ge=1)
     grad_clip: float = Field(ge=0)
-    amp: bool
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
     grad_checkpointing: bool
     device: Device
     seed: int = Field(ge=0)

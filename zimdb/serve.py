@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from zimdb.device import resolve
 from zimdb.errors import run
+from zimdb.explain import has_running_verdict, read
 from zimdb.paths import MODEL
 from zimdb.trained_model import TrainedModel, labels
 
@@ -266,7 +267,7 @@ def create_app(worker: ModelWorker) -> FastAPI:
     config = trained.model.config
     note = (
         None
-        if trained.has_running_verdict()
+        if has_running_verdict(config)
         else "No running verdict: this model reads each review in both directions, so its "
         "state at a word has already seen the words after it."
         if config.bidirectional
@@ -303,7 +304,7 @@ def create_app(worker: ModelWorker) -> FastAPI:
     @app.post("/explain", responses=ERRORS)
     async def explain(request: ExplainRequest) -> ExplainResponse:
         """One review as the model read it and its verdict after each word, from one pass."""
-        reading = await asyncio.wrap_future(worker.call(lambda: trained.read(request.text)))
+        reading = await asyncio.wrap_future(worker.call(lambda: read(trained, request.text)))
         return ExplainResponse(
             label=labels(reading.probability).item(),
             probability=reading.probability,
@@ -348,7 +349,10 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve(args.device, "--device")
     batch_size = args.batch_size or BATCH_SIZE[device.type]
     worker = ModelWorker(lambda: TrainedModel.load(args.model, device), batch_size)
-    print(f"serving {args.model} on http://{args.host}:{args.port}/", file=sys.stderr)
+    print(
+        f"serving {args.model} ({worker.trained.scoring.name}) on http://{args.host}:{args.port}/",
+        file=sys.stderr,
+    )
     uvicorn.run(create_app(worker), host=args.host, port=args.port)
 
 

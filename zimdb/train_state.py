@@ -5,7 +5,9 @@ clone that pulled the pipeline's outputs is up to date without it, and a killed 
 it behind without DVC taking it for a result.
 
 Written atomically after every epoch. A run resumes from it only when it was made from the same
-inputs and train params and has epochs left to do; anything else starts afresh. With a constant
+inputs, code and train params, in the same precision and processes, and has done no more epochs
+than asked; anything else starts afresh. A state with every epoch done is continued too: only
+model.pt is left to write, so a failure after the last epoch loses none of them. With a constant
 learning rate train.epochs is left out of that comparison, so raising it continues a finished
 run; a cosine schedule is shaped by the number of epochs, so there it counts. Everything that
 decides the next epoch is kept — weights, optimizer, scheduler and scaler state, both random
@@ -27,13 +29,26 @@ from zimdb.params import Train
 from zimdb.paths import TRAIN_STATE
 from zimdb.training import Stepper
 
+# The keys save() writes: a file without exactly these is of another version's layout.
+LAYOUT = {
+    "fingerprint",
+    "model",
+    "optimizer",
+    "schedule",
+    "scaler",
+    "numpy_rng",
+    "torch_rng",
+    "history",
+    "best",
+}
 
-def fingerprint(p: Train, inputs: list[Path], world_size: int, device: str, amp: bool) -> str:
+
+def fingerprint(p: Train, inputs: list[Path], world_size: int, device: str, precision: str) -> str:
     """What a saved state must match to be continued: the train params, the processes, the
     device type and precision it ran with, and the bytes of `inputs` (data and code)."""
     digest = hashlib.sha256()
     settings = p.model_dump(exclude={"epochs"} if p.lr_schedule == "constant" else set())
-    digest.update(json.dumps([settings, world_size, device, amp], sort_keys=True).encode())
+    digest.update(json.dumps([settings, world_size, device, precision], sort_keys=True).encode())
     for path in inputs:
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -110,11 +125,16 @@ class TrainState:
         except Exception as e:  # unreadable: a fresh start is always correct, so say so and go on
             print(f"{path} is unreadable ({type(e).__name__}); starting afresh")
             return None
-        if state.get("fingerprint") != self.fingerprint:
+        if not isinstance(state, dict) or set(state) != LAYOUT:
+            print(f"{path} is of another layout; starting afresh")
+            return None
+        if state["fingerprint"] != self.fingerprint:
             print(f"{path} is from other inputs or params; starting afresh")
             return None
-        if len(state["history"]) >= epochs:
-            print(f"{path} has all {epochs} epochs done; starting afresh")
+        if len(state["history"]) > epochs:
+            print(
+                f"{path} has {len(state['history'])} epochs done, more than {epochs}; starting afresh"
+            )
             return None
         print(f"resuming from {path}: epoch {len(state['history'])} of {epochs} done")
         return state

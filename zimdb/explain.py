@@ -1,0 +1,63 @@
+"""One review as the model read it, word by word: what the web page draws (POST /explain)."""
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from zimdb import text
+from zimdb.model import ModelConfig
+from zimdb.trained_model import TrainedModel
+
+
+@dataclass
+class Reading:
+    """One review as the model read it, and its verdict after each word."""
+
+    words: list[str]  # the words read: cleaned, then truncated to max_len
+    unknown: list[bool]  # read as UNK: not in the vocabulary
+    cut: int  # words dropped by truncation (from the start with truncate "tail")
+    probability: float  # P(positive), as TrainedModel.probabilities gives it
+    running: list[float] | None  # P(positive) had the review ended at each word
+
+
+def has_running_verdict(config: ModelConfig) -> bool:
+    """Whether the head's reading of the state at word t is the verdict on words 1..t.
+
+    True for a one-direction model that pools the last state: the state at t has seen only
+    words 1..t and is exactly what the head would read were the review to end there. A
+    backward direction has already read the words after t, and max pooling reads every
+    position at once, so for them the head at one position means nothing on its own.
+    """
+    return not config.bidirectional and config.pooling == "last"
+
+
+@torch.no_grad()
+def read(trained: TrainedModel, review: str) -> Reading:
+    """The words `trained` reads of `review` and, where has_running_verdict, its running
+    verdict: sigmoid(head(state at word t)) for every t, from one pass over the review."""
+    model = trained.model
+    cleaned = text.clean(pd.Series([review], dtype=object))
+    words = text.split_words(cleaned)[0].to_pylist()
+    ids, lengths = text.encode(cleaned, trained.vocab, trained.max_len, trained.truncate)
+    n = int(lengths[0])
+    kept = words[len(words) - n :] if trained.truncate == "tail" else words[:n]
+    # An empty review is read as its single PAD, as forward() reads it.
+    ids_t = torch.from_numpy(ids[:, : max(n, 1)]).to(trained.device)
+    lengths_t = torch.tensor([max(n, 1)], device=trained.device)
+    model.eval()
+    running = [] if has_running_verdict(model.config) else None
+    with trained.autocast():
+        if running is not None and n:
+            states = model.states(ids_t, lengths_t)[0]
+            running = torch.sigmoid(model.head(states).squeeze(-1).float()).tolist()
+            probability = running[-1]  # the last state is what forward() pools
+        else:
+            probability = float(torch.sigmoid(model(ids_t, lengths_t).float())[0])
+    return Reading(
+        words=kept,
+        unknown=(ids[0, :n] == text.UNK).tolist(),
+        cut=len(words) - n,
+        probability=probability,
+        running=running,
+    )
