@@ -6,6 +6,7 @@ the sizes of its micro-batches (the last window of an epoch is usually short).
 """
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,6 +15,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids, lengths, labels
+
+# A window GradScaler skipped (inf or NaN gradients) still counts as a step of the schedule, so
+# the schedule ends where it was planned to; torch takes that for a misordered call and warns.
+warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
 
 
 def lr_factor(schedule: str, steps: int) -> Callable[[int], float]:
