@@ -23,19 +23,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from benchmarks.run import ARCHIVE, BATCH, data_stages
-from zimdb.artifacts import read_encoded
+from benchmarks.run import ARCHIVE, data_stages, project_model, train_params
+from zimdb.artifacts import read_encoded, read_vocab
 from zimdb.batching import Encoded, batch_indices
-from zimdb.model import ModelConfig, SentimentLSTM
+from zimdb.precision import flush_denormals, for_training
 
 
-def phases(model, optimizer, batches: list, sync: bool) -> tuple[dict[str, float], int]:
+def phases(model, optimizer, batches: list, precision, sync: bool) -> tuple[dict[str, float], int]:
     """Seconds spent in each phase over `batches`, one optimizer step per batch; samples seen."""
     spent = dict.fromkeys(("forward", "backward", "optimizer"), 0.0)
     for ids, lengths, labels in batches:
         start = time.perf_counter()
         with model.no_sync() if isinstance(model, DDP) and not sync else nullcontext():
-            loss = F.binary_cross_entropy_with_logits(model(ids, lengths), labels)
+            with precision.autocast():
+                out = model(ids, lengths)
+            loss = F.binary_cross_entropy_with_logits(out.float(), labels)
             forward = time.perf_counter()
             loss.backward()
         backward = time.perf_counter()
@@ -48,16 +50,20 @@ def phases(model, optimizer, batches: list, sync: bool) -> tuple[dict[str, float
 
 
 def run(encoded: Path, steps: int, rank: int, world: int) -> None:
-    train = Encoded.from_records(read_encoded(encoded, 10000), torch.device("cpu"))
-    order = batch_indices(train.lengths_np, BATCH, np.random.default_rng(0), together=world)
+    cpu = torch.device("cpu")
+    flush_denormals(cpu)
+    p = train_params()
+    precision = for_training(p.precision, cpu, "params.yaml: train.precision")
+    vocab_size = len(read_vocab(encoded.parents[1] / "vocab.txt"))
+    train = Encoded.from_records(read_encoded(encoded, vocab_size), cpu)
+    order = batch_indices(train.lengths_np, p.batch_size, np.random.default_rng(0), together=world)
     batches = train.batches(order[rank : steps * world : world])
-    torch.manual_seed(0)
-    model = SentimentLSTM(ModelConfig(10000)).train()
+    model = project_model(p, vocab_size, cpu).train()
     model = DDP(model) if world > 1 else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    phases(model, optimizer, batches[:2], sync=True)  # warm-up: thread pools, gloo buffers
+    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
+    phases(model, optimizer, batches[:2], precision, sync=True)  # warm-up: threads, gloo buffers
     for sync in (False, True) if world > 1 else (True,):
-        spent, seen = phases(model, optimizer, batches, sync)
+        spent, seen = phases(model, optimizer, batches, precision, sync)
         total = torch.tensor([sum(spent.values()), seen], dtype=torch.float64)
         if world > 1:
             dist.all_reduce(total, op=dist.ReduceOp.MAX)  # the slower rank sets the pace
@@ -84,7 +90,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_stages(args.archive, Path(tmp))
         encoded = Path(tmp) / "data/encoded/train.npy"
-        print(f"train stage's step, batches of {BATCH}, {args.steps} steps per process:")
+        p = train_params()
+        print(
+            f"train stage's step, batches of {p.batch_size}, train.precision {p.precision}, "
+            f"{args.steps} steps per process:"
+        )
         run(encoded, args.steps, 0, 1)
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         worker = ["-m", "benchmarks.ddp", "--worker", str(encoded), "--steps", str(args.steps)]

@@ -1,10 +1,12 @@
 """Benchmarks on the real data: `uv run python -m benchmarks.run [--archive PATH] [--steps N]`.
 
 Prints measured figures only: data stages wall time; train and evaluation speed of the project's
-loop next to a reference loop written the original way (a Dataset that cleans and tokenises in
-__getitem__, every batch padded to max_len, a default DataLoader), as ratios from the same run;
-peak memory with and without gradient checkpointing; on CUDA, AMP vs fp32 and accumulation on vs
-off; and the loop's achieved LSTM FLOP/s against a matmul measured in the same run.
+loop, in each precision this machine runs natively, next to a reference loop written the original
+way (a Dataset that cleans and tokenises in __getitem__, every batch padded to max_len, a default
+DataLoader), as ratios from the same run; the original configuration (forget_bias 0) with and
+without flushing denormals; peak memory with and without gradient checkpointing; and the loop's
+achieved LSTM FLOP/s against a matmul in the same precision measured in the same run. The model
+is params.yaml's; the CUDA checks are benchmarks/gpu.py.
 """
 
 import argparse
@@ -16,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +28,25 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from zimdb import params
 from zimdb.artifacts import read_encoded, read_vocab
 from zimdb.batching import Encoded, batch_indices
-from zimdb.device import CPU_PEAK
+from zimdb.device import matmul_flops
 from zimdb.inference import logits
 from zimdb.model import ModelConfig, SentimentLSTM
+from zimdb.model_file import ModelFile
+from zimdb.params import Train
+from zimdb.paths import MODEL
+from zimdb.precision import Precision, flush_denormals, native_bf16
 from zimdb.training import Stepper
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared/data/aclImdb_v1_labeled.tar.gz"
 DATA_STAGES = ["download", "clean", "vocab", "encode"]
-BATCH, ACCUM = 64, 4
+# The original script's loop, the reference: its vocabulary, batch and accumulation.
+ORIGINAL_VOCAB, BATCH, ACCUM = 10000, 64, 4
+# The original configuration of docs/experiments.md, on params.yaml's model otherwise.
+ORIGINAL = {"forget_bias": 0.0, "dropout": 0.0, "grad_accum_steps": 4, "grad_clip": 0.0}
 
 
 def data_stages(archive: Path, work: Path, stages: list[str] = DATA_STAGES) -> dict[str, float]:
@@ -55,23 +64,6 @@ def data_stages(archive: Path, work: Path, stages: list[str] = DATA_STAGES) -> d
         )
         times[stage] = time.perf_counter() - start
     return times
-
-
-def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
-    """FLOP/s of square matmuls measured now: the ceiling a training loop is compared with."""
-    size = 4096 if device.type == "cuda" else 1024  # big enough to keep a GPU busy per launch
-    a = torch.rand(size, size, device=device).to(dtype)
-    b = torch.rand(size, size, device=device).to(dtype)
-    a @ b  # warm-up: kernel selection and thread pool start
-    n, start = 0, time.perf_counter()
-    while True:
-        a @ b
-        n += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return 2 * size**3 * n / elapsed
 
 
 class OriginalDataset(Dataset):
@@ -108,7 +100,7 @@ class OriginalModel(nn.Module):
 def reference_train(loader, steps: int) -> float:
     """Samples/s of the original loop over `steps` micro-batches."""
     torch.manual_seed(0)
-    model = OriginalModel(10000)
+    model = OriginalModel(ORIGINAL_VOCAB)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     it, seen = iter(loader), 0
     start = time.perf_counter()
@@ -124,7 +116,7 @@ def reference_train(loader, steps: int) -> float:
 
 
 def reference_eval(loader, batches: int) -> float:
-    model = OriginalModel(10000).eval()
+    model = OriginalModel(ORIGINAL_VOCAB).eval()
     it, seen = iter(loader), 0
     start = time.perf_counter()
     with torch.no_grad():
@@ -135,29 +127,41 @@ def reference_eval(loader, batches: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def project_train(train: Encoded, steps: int, checkpointing=False, autocast=None, accum=ACCUM):
-    """Samples/s, tokens/s of the train stage's loop (bucketed batches, Stepper) over `steps`."""
+def train_params(**overrides) -> Train:
+    """params.yaml's train section, the one set of defaults, with `overrides`."""
+    return params.load("train", ROOT / "params.yaml").model_copy(update=overrides)
+
+
+def project_model(p: Train, vocab_size: int, device) -> SentimentLSTM:
     torch.manual_seed(0)
+    return SentimentLSTM(ModelConfig.from_params(p, vocab_size)).to(device)
+
+
+def project_train(
+    train: Encoded, vocab_size: int, steps: int, p: Train, precision: Precision, checkpointing=False
+):
+    """Samples/s, tokens/s of the train stage's loop (bucketed batches, Stepper) over `steps`
+    micro-batches of train.batch_size, train.grad_accum_steps to a window."""
     device = train.ids.device
-    model = SentimentLSTM(ModelConfig(10000)).to(device)
+    model = project_model(p, vocab_size, device)
     model.grad_checkpointing = checkpointing
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=p.lr)
     stepper = Stepper(
         model,
         opt,
         torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
-        torch.amp.GradScaler("cuda", enabled=autocast is not None),
-        autocast or nullcontext(),
-        1.0,
+        precision.grad_scaler(),
+        precision.autocast(),
+        p.grad_clip,
     )
-    batches = batch_indices(train.lengths_np, BATCH, np.random.default_rng(0))[:steps]
+    batches = batch_indices(train.lengths_np, p.batch_size, np.random.default_rng(0))[:steps]
     seen = tokens = 0
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for i in range(0, len(batches), accum):
-        micro = train.batches(batches[i : i + accum])
+    for i in range(0, len(batches), p.grad_accum_steps):
+        micro = train.batches(batches[i : i + p.grad_accum_steps])
         stepper.step(micro)
         seen += sum(len(y) for _, _, y in micro)
         tokens += sum(ids.numel() for ids, _, _ in micro)
@@ -167,68 +171,76 @@ def project_train(train: Encoded, steps: int, checkpointing=False, autocast=None
     return seen / seconds, tokens / seconds
 
 
-def lstm_kernel(train: Encoded, steps: int) -> float:
+def lstm_kernel(train: Encoded, steps: int, p: Train, precision: Precision) -> float:
     """Samples/s of nn.LSTM's forward and backward alone on random inputs of the loop's batch
     shapes: no embedding, head, optimizer or data work. The loop cannot beat this."""
     torch.manual_seed(0)
     device = train.ids.device
-    lstm = nn.LSTM(128, 256, batch_first=True).to(device)
-    batches = batch_indices(train.lengths_np, BATCH, np.random.default_rng(0))[:steps]
+    lstm = nn.LSTM(p.embedding_dim, p.hidden_dim, batch_first=True).to(device)
+    batches = batch_indices(train.lengths_np, p.batch_size, np.random.default_rng(0))[:steps]
     inputs = [
-        torch.randn(len(b), int(train.lengths_np[b].max()), 128, device=device) for b in batches
+        torch.randn(len(b), int(train.lengths_np[b].max()), p.embedding_dim, device=device)
+        for b in batches
     ]
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for x in inputs:
-        out, _ = lstm(x)
-        out[:, -1].sum().backward()
+        with precision.autocast():
+            out, _ = lstm(x)
+        out[:, -1].float().sum().backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
-def lstm_shaped_matmul_flops(device: torch.device, steps: int, seconds: float = 0.5) -> float:
-    """FLOP/s of the LSTM's own matmuls for a batch of 64 reviews of `steps` tokens: the input
-    projection of all steps [64*steps, 128] x [128, 1024], then `steps` recurrent
-    [64, 256] x [256, 1024], in the proportion the LSTM does them."""
-    x, w_ih = torch.randn(64 * steps, 128, device=device), torch.randn(128, 1024, device=device)
-    h, w_hh = torch.randn(64, 256, device=device), torch.randn(256, 1024, device=device)
-    x @ w_ih, h @ w_hh
+def lstm_shaped_matmul_flops(device, steps: int, p: Train, dtype, seconds: float = 0.5) -> float:
+    """FLOP/s of the LSTM's own matmuls for a batch of reviews of `steps` tokens, in `dtype`:
+    the input projection of all steps [batch*steps, embedding] x [embedding, 4 hidden], then
+    `steps` recurrent [batch, hidden] x [hidden, 4 hidden], in the proportion the LSTM does them."""
+    b, e, h = p.batch_size, p.embedding_dim, p.hidden_dim
+    x, w_ih = torch.randn(b * steps, e, device=device), torch.randn(e, 4 * h, device=device)
+    state, w_hh = torch.randn(b, h, device=device), torch.randn(h, 4 * h, device=device)
+    x, w_ih, state, w_hh = (t.to(dtype) for t in (x, w_ih, state, w_hh))
+    x @ w_ih, state @ w_hh
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         x @ w_ih
         for _ in range(steps):
-            h @ w_hh
+            state @ w_hh
         n += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
-    return n * 2 * 64 * steps * 1024 * (128 + 256) / (time.perf_counter() - start)
+    return n * 2 * b * steps * 4 * h * (e + h) / (time.perf_counter() - start)
 
 
-def project_eval(data: Encoded) -> float:
-    model = SentimentLSTM(ModelConfig(10000)).to(data.ids.device)
+def project_eval(data: Encoded, vocab_size: int, p: Train, precision: Precision) -> float:
+    model = project_model(p, vocab_size, data.ids.device).eval()
     start = time.perf_counter()
-    logits(model, data, 256, nullcontext())
+    logits(model, data, 256, precision.autocast())
     return len(data) / (time.perf_counter() - start)
 
 
-def peak_rss_mb(checkpointing: bool, encoded: Path, steps: int) -> tuple[float, float]:
+def peak_rss_mb(checkpointing: bool, encoded: Path, vocab_size: int, steps: int):
     """RSS of a fresh process with the data loaded, and its peak over `steps` train micro-batches
-    of the longest reviews (full 250-token batches: the step that sets a run's peak).
+    of the longest reviews (full-width batches: the step that sets a run's peak), in the
+    precision train.precision gives here.
 
     Read from /proc (VmRSS, VmHWM after resetting it through clear_refs), not getrusage: Linux
     carries ru_maxrss across exec, so a child would start at this process's own peak.
     """
     code = (
         "import re, torch; from benchmarks.run import *; "
+        "from zimdb.precision import for_training; "
         "mib = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read())"
         "[1]) / 1024; "
-        f"t = Encoded.from_records(read_encoded('{encoded}', 10000), torch.device('cpu')); "
-        "t = t.subset(np.argsort(t.lengths_np)[-8 * BATCH:]); "
+        "p = train_params(grad_accum_steps=1); "
+        "precision = for_training(p.precision, torch.device('cpu'), 'train.precision'); "
+        f"t = Encoded.from_records(read_encoded('{encoded}', {vocab_size}), torch.device('cpu')); "
+        "t = t.subset(np.argsort(t.lengths_np)[-8 * p.batch_size:]); "
         "open('/proc/self/clear_refs', 'w').write('5'); "
         "print(mib('VmRSS')); "
-        f"project_train(t, {steps}, checkpointing={checkpointing}, accum=1); "
+        f"project_train(t, {vocab_size}, {steps}, p, precision, checkpointing={checkpointing}); "
         "print(mib('VmHWM'))"
     )
     out = subprocess.run(
@@ -268,12 +280,17 @@ def noop_repro(archive: Path, work: Path, repeats: int = 3) -> list[float]:
     return times
 
 
-def predict_speed(work: Path) -> tuple[float, float] | None:
-    """Seconds to the first prediction, and reviews/s over the 25,000 test reviews, using the
-    project's trained model (None when data/model.pt does not exist yet)."""
-    if not (ROOT / "data/model.pt").exists():
+def predict_speed(work: Path, precision: str) -> tuple[float, float] | None:
+    """Seconds to the first prediction, and reviews/s over the 25,000 test reviews, of
+    `python -m zimdb.predict` with the project's trained model as if trained in `precision` (the
+    same weights; predict scores in a model's own precision where native). None when
+    data/model.pt does not exist yet."""
+    if not (ROOT / MODEL).exists():
         return None
-    cmd = [sys.executable, "-m", "zimdb.predict"]
+    file = ModelFile.load(ROOT / MODEL)
+    model = work / f"model-{precision}.pt"
+    ModelFile(file.model, file.vocab, file.max_len, file.truncate, precision).save(model)
+    cmd = [sys.executable, "-m", "zimdb.predict", "--model", str(model)]
     start = time.perf_counter()
     subprocess.run([*cmd, "A wonderful film."], cwd=ROOT, check=True, capture_output=True)
     first = time.perf_counter() - start
@@ -289,15 +306,30 @@ def predict_speed(work: Path) -> tuple[float, float] | None:
     return first, len(reviews) / (time.perf_counter() - start)
 
 
+def precisions(device: torch.device) -> list[Precision]:
+    """fp32, and every lower precision this device runs natively."""
+    names = ["fp32"] + (["fp16"] if device.type == "cuda" else [])
+    names += ["bf16"] if native_bf16(device) else []
+    return [Precision(name, device.type, "benchmark") for name in names]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
     parser.add_argument("--steps", type=int, default=48, help="micro-batches timed per loop")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = native_bf16(device)
+    cpu = torch.cpu.get_capabilities().get("cpu_name", "unknown CPU")
     print(
-        f"machine: {torch.get_num_threads()} CPU threads, torch {torch.__version__}, device {device}"
+        f"machine: {cpu}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
+        f"device {device}, native bf16: {bf16 or 'none'}"
     )
+    flush_denormals(device)  # as the train stage does; (b') turns it off and on again
+    p = train_params()
+    runs = precisions(device)
+    if not bf16:
+        print("  (no native bf16 here: bf16 would be emulated, many times slower; not timed)")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -311,92 +343,114 @@ def main() -> None:
         records = read_encoded(work / "data/encoded/train.npy", len(vocab))
         train = Encoded.from_records(records, device)
         raw = pd.read_parquet(work / "data/clean/train.parquet")  # same reviews, original loader
-        word_to_id = {w: i for i, w in enumerate(vocab)}
+        word_to_id = {w: i for i, w in enumerate(vocab[:ORIGINAL_VOCAB])}
         original = OriginalDataset(raw.text.tolist(), raw.label.tolist(), word_to_id, 250)
         shuffled = DataLoader(original, batch_size=BATCH, shuffle=True)
         test = Encoded.from_records(
             read_encoded(work / "data/encoded/test.npy", len(vocab)), device
         )
-
-        print(f"\n(b) training, {args.steps} micro-batches of {BATCH}, accumulation {ACCUM}")
-        ref = reference_train(shuffled, args.steps)
-        # The host's speed drifts within a run: (e) compares the loop with the faster of two
-        # matmul readings taken right before and right after it, never with one from a slow spell.
-        before = matmul_flops(device, torch.float32)
-        ours, tokens_per_s = project_train(train, args.steps)
-        after = matmul_flops(device, torch.float32)
-        peak = max(before, after)
         n = len(train)
-        print(f"  reference loop  {ref:7.0f} samples/s  (epoch of {n:,}: {n / ref:5.0f} s)")
-        print(f"  project loop    {ours:7.0f} samples/s  (epoch of {n:,}: {n / ours:5.0f} s)")
-        print(f"  ratio           {ours / ref:7.2f} x")
-        kernel = lstm_kernel(train, args.steps)
+
         print(
-            f"  nn.LSTM forward+backward alone at the project loop's batch shapes: {kernel:.0f} "
-            f"samples/s; the loop runs at {ours / kernel:.0%} of it"
+            f"\n(b) training, {args.steps} micro-batches: the reference (batch {BATCH}, "
+            f"accumulation {ACCUM}, fp32) against the project's loop (params.yaml: batch "
+            f"{p.batch_size}, accumulation {p.grad_accum_steps})"
         )
+        ref = reference_train(shuffled, args.steps)
+        print(f"  reference loop       {ref:7.0f} samples/s  (epoch of {n:,}: {n / ref:5.0f} s)")
+        rates, peaks = {}, {}
+        for precision in runs:
+            # The host's speed drifts within a run: (e) compares the loop with the faster of two
+            # matmul readings taken right before and right after it, never one from a slow spell.
+            before = matmul_flops(device, precision.dtype, seconds=0.5)
+            rates[precision.name] = project_train(train, len(vocab), args.steps, p, precision)
+            after = matmul_flops(device, precision.dtype, seconds=0.5)
+            peaks[precision.name] = (before, after)
+            ours = rates[precision.name][0]
+            print(
+                f"  project loop, {precision.name}  {ours:7.0f} samples/s  (epoch of {n:,}: "
+                f"{n / ours:5.0f} s); {ours / ref:.2f} x the reference"
+            )
+        for precision in runs[1:]:
+            ratio = rates[precision.name][0] / rates["fp32"][0]
+            print(f"  {precision.name} against fp32: {ratio:.2f} x")
+        for precision in runs:
+            kernel = lstm_kernel(train, args.steps, p, precision)
+            print(
+                f"  nn.LSTM forward+backward alone, {precision.name}, at the loop's batch shapes: "
+                f"{kernel:.0f} samples/s; the loop runs at {rates[precision.name][0] / kernel:.0%} of it"
+            )
         eval_batches = 20
         ref_eval = reference_eval(DataLoader(original, batch_size=256), eval_batches)
-        ours_eval = project_eval(test.subset(np.arange(eval_batches * 256)))
-        print(
-            f"  evaluation: reference {ref_eval:.0f}/s, project {ours_eval:.0f}/s, ratio {ours_eval / ref_eval:.2f} x"
-        )
+        subset = test.subset(np.arange(eval_batches * 256))
+        print(f"  evaluation: reference {ref_eval:.0f} reviews/s (fp32)")
+        evals = {}
+        for precision in runs:
+            evals[precision.name] = project_eval(subset, len(vocab), p, precision)
+            print(
+                f"  evaluation: project, {precision.name} {evals[precision.name]:.0f} reviews/s, "
+                f"{evals[precision.name] / ref_eval:.2f} x the reference"
+            )
+        for precision in runs[1:]:
+            print(
+                f"  evaluation, {precision.name} against fp32: {evals[precision.name] / evals['fp32']:.2f} x"
+            )
 
-        achieved = 3 * SentimentLSTM(ModelConfig(10000)).flops_per_token() * tokens_per_s
-        print("\n(e) utilisation")
-        shaped = lstm_shaped_matmul_flops(device, round(train.lengths_np.mean()))
         print(
-            f"  matmul {before / 1e9:.0f} / {after / 1e9:.0f} GFLOP/s before / after the loop; "
-            f"LSTM loop {achieved / 1e9:.0f} GFLOP/s = {achieved / peak:.0%} of the faster"
+            "\n(b') the original configuration (forget_bias 0, dropout 0, accumulation 4, no "
+            "clipping), with and without flushing denormals"
         )
-        print(
-            f"  zimdb.device.CPU_PEAK, what the train stage reports against: "
-            f"{CPU_PEAK / 1e9:.0f} GFLOP/s"
-        )
-        print(
-            f"  the LSTM's own matmul shapes alone: {shaped / 1e9:.0f} GFLOP/s = {shaped / peak:.0%} "
-            f"of the square matmul; the loop reaches {achieved / shaped:.0%} of that"
-        )
-
-        print("\n(c) peak memory")
-        if device.type == "cuda":
-            for ckpt in (False, True):
-                torch.cuda.reset_peak_memory_stats()
-                project_train(train, 8, checkpointing=ckpt, accum=1)
+        original_params = train_params(**ORIGINAL)
+        for precision in runs:
+            for flush in (False, True):
+                torch.set_flush_denormal(flush)
+                rate, _ = project_train(train, len(vocab), args.steps, original_params, precision)
                 print(
-                    f"  checkpointing {ckpt!s:<5}: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+                    f"  {precision.name}, denormals {'flushed' if flush else 'kept   '}: "
+                    f"{rate:7.0f} samples/s"
                 )
+
+        print("\n(e) utilisation: the LSTM loop's FLOP/s against a square matmul, same precision")
+        model_flops = project_model(p, len(vocab), "cpu").flops_per_token()
+        for precision in runs:
+            before, after = peaks[precision.name]
+            achieved = 3 * model_flops * rates[precision.name][1]
+            peak = max(before, after)
+            shaped = lstm_shaped_matmul_flops(
+                device, round(train.lengths_np.mean()), p, precision.dtype
+            )
+            print(
+                f"  {precision.name}: matmul {before / 1e9:.0f} / {after / 1e9:.0f} GFLOP/s before / "
+                f"after the loop; LSTM loop {achieved / 1e9:.0f} GFLOP/s = {achieved / peak:.0%} of the "
+                f"faster; the LSTM's own matmul shapes alone {shaped / 1e9:.0f} GFLOP/s = "
+                f"{shaped / peak:.0%} of it"
+            )
+
+        print("\n(c) peak memory, train.precision as params.yaml sets it")
+        if device.type == "cuda":
+            print("  on CUDA: benchmarks/gpu.py")
         else:
             encoded = work / "data/encoded/train.npy"
             for ckpt in (False, True):
-                before, peak = peak_rss_mb(ckpt, encoded, 8)
+                before, peak = peak_rss_mb(ckpt, encoded, len(vocab), 8)
                 print(
                     f"  checkpointing {ckpt!s:<5}: RSS {before:.0f} MiB with the data loaded, "
-                    f"peak {peak:.0f} MiB over 8 steps of 64 x 250 tokens: "
+                    f"peak {peak:.0f} MiB over 8 steps of {p.batch_size} full-width reviews: "
                     f"+{peak - before:.0f} MiB for training"
                 )
 
-        print("\n(d) CUDA: AMP and accumulation")
-        if device.type != "cuda":
-            print("  no CUDA device here: not measured")
-        else:
-            fp16 = torch.autocast("cuda", dtype=torch.float16)
-            fp32_rate, _ = project_train(train, args.steps)
-            amp_rate, _ = project_train(train, args.steps, autocast=fp16)
-            one_rate, _ = project_train(train, args.steps, autocast=fp16, accum=1)
-            print(f"  fp32 {fp32_rate:.0f}/s, AMP {amp_rate:.0f}/s: {amp_rate / fp32_rate:.2f} x")
-            print(f"  AMP epoch of 25,000: {25000 / amp_rate:.1f} s")
-            print(f"  accumulation 4 {amp_rate:.0f}/s vs 1 {one_rate:.0f}/s")
         print("\n(f) dvc repro with nothing to do (small project copy)")
         times = noop_repro(args.archive, work / "noop")
         print("  " + ", ".join(f"{t:.2f} s" for t in times))
-        print("\n(g) predict")
-        speed = predict_speed(work)
-        if speed is None:
-            print("  data/model.pt does not exist: run `dvc repro` first")
-        else:
+        print("\n(g) predict: data/model.pt's weights, saved as trained in each precision")
+        speeds = {precision.name: predict_speed(work, precision.name) for precision in runs}
+        for name, speed in speeds.items():
+            if speed is None:
+                print("  data/model.pt does not exist: run `dvc repro` first")
+                break
             print(
-                f"  start to first prediction {speed[0]:.1f} s; 25,000 reviews from a file: {speed[1]:.0f} reviews/s"
+                f"  {name}: start to first prediction {speed[0]:.1f} s; 25,000 reviews from a "
+                f"file: {speed[1]:.0f} reviews/s ({speed[1] / speeds['fp32'][1]:.2f} x fp32)"
             )
     print(
         f"\npeak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
