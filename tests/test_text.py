@@ -79,3 +79,10 @@ def test_clean_reuses_one_pool_and_keeps_a_few_reviews_on_the_calling_thread(mon
     threads.clear()
     assert text.clean(pd.Series(["Fine"])).tolist() == ["fine"]
     assert threads == [threading.current_thread()]
+
+
+def test_clean_takes_lone_surrogates_as_a_utf8_decoder_takes_bad_bytes():
+    """No UTF-8 encoder takes "\ud800", which JSON allows: each is read as U+FFFD, a non-letter."""
+    raw = ["Great\ud800film", "\udcff", "ok \ud83d\ude00 <b>\udfff</b>"]
+    raw = pd.Series(raw, dtype=object)  # pandas' own str dtype is Arrow's: it refuses them too
+    assert text.clean(raw).tolist() == ["great film", "", "ok"]
