@@ -194,6 +194,16 @@ def test_predict_arguments_and_txt_file(built):
     pd.testing.assert_frame_equal(from_file, table)
 
 
+def test_predict_txt_reviews_end_at_newlines_only(built):
+    """U+2028 and the other breaks of str.splitlines() are characters of a review, not ends."""
+    root, _ = built
+    reviews = ["A wonderful\u2028film, truly.", "Dull\x0cand\x85far\x1ctoo long.", "Fine\rfine."]
+    text = f"{reviews[0]}\r\n{reviews[1]}\n{reviews[2]}\n"
+    (root / "breaks.txt").write_text(text, newline="")
+    predict(root, "--file", "breaks.txt", "--output", "breaks.parquet")
+    assert pd.read_parquet(root / "breaks.parquet").text.tolist() == reviews
+
+
 def test_predict_gives_a_defined_answer_for_odd_inputs(built):
     root, _ = built
     odd = [

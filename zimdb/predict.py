@@ -40,7 +40,7 @@ def read_texts(path: Path) -> pd.Series:
             data = path.read_bytes()
             if b"\0" in data:
                 raise ValueError("it holds NUL bytes, so it is binary, not text")
-            texts = pd.Series(data.decode("utf-8").splitlines(), dtype=object)
+            texts = pd.Series(lines(data.decode("utf-8")), dtype=object)
         elif path.suffix == ".csv":
             df = pd.read_csv(path, keep_default_na=False, dtype=str, encoding="utf-8")
             texts = column(df, path)
@@ -61,6 +61,15 @@ def read_texts(path: Path) -> pd.Series:
     if texts.empty:
         raise PipelineError(f"--file {path} holds no reviews")
     return texts.reset_index(drop=True)
+
+
+def lines(text: str) -> list[str]:
+    """A review per line, ended by \n or \r\n: not str.splitlines(), which also ends one at
+    U+2028, U+2029, \x0b, \x0c, \x1c-\x1e and \x85, splitting a review that holds one."""
+    found = text.split("\n")
+    if found[-1] == "":  # what follows the last line's newline
+        found.pop()
+    return [line.removesuffix("\r") for line in found]
 
 
 def column(df: pd.DataFrame, path: Path) -> pd.Series:
