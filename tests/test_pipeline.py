@@ -275,6 +275,14 @@ def test_predict_output_format_follows_the_extension(built, suffix):
     np.testing.assert_allclose(written.probability, reference.probability, atol=1e-6)
 
 
+def test_predict_reads_undecodable_argument_bytes_as_replacement_characters(built):
+    """A shell passes bytes: Python gives the undecodable ones as lone surrogates (b"\\xff" is
+    "\\udcff"), which parquet, CSV and JSON files refuse."""
+    root, _ = built
+    predict(root, "Great \udcff film.", "--output", "argv.parquet")
+    assert pd.read_parquet(root / "argv.parquet").text.tolist() == ["Great \ufffd film."]
+
+
 BAD_INPUTS = {
     "binary.csv": (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "binary.csv: not UTF-8 text"),
     "malformed.csv": (b'text,x\n"a,1\nb,2,3,4\n', "malformed.csv: not a readable CSV file"),

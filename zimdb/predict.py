@@ -7,6 +7,7 @@ itself, so a review scores exactly as evaluate scored it, whatever params.yaml s
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -117,7 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         check_output(args.output)
 
-    texts = read_texts(args.file) if args.file else pd.Series(args.texts, dtype=object)
+    # Python gives an argument's undecodable bytes as lone surrogates, which no output format
+    # takes: they are read back as a UTF-8 decoder reads bad bytes, each a U+FFFD.
+    given = [os.fsencode(t).decode("utf-8", "replace") for t in args.texts]
+    texts = read_texts(args.file) if args.file else pd.Series(given, dtype=object)
     trained = TrainedModel.load(args.model, resolve(args.device, "--device"))
     prob = probabilities(texts, trained, args.batch_size)
     result = pd.DataFrame({"text": texts, "label": labels(prob), "probability": prob})
