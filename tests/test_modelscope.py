@@ -13,6 +13,7 @@ import pytest
 
 from stages import download
 from tests.conftest import NEGATIVE, POSITIVE, ROOT, imdb_reviews, imdb_script, write_params
+from zimdb import modelscope_source
 from zimdb.errors import run
 
 OFFLINE_COMMAND = (
@@ -133,7 +134,7 @@ def test_no_network_fails_fast_in_one_line_with_the_offline_command(workdir, fak
 def test_a_hub_that_never_answers_fails_within_the_check_timeout(
     workdir, fake_hub, monkeypatch, capsys
 ):
-    monkeypatch.setattr(download, "HUB_TIMEOUT", 0.5)
+    monkeypatch.setattr(modelscope_source, "HUB_TIMEOUT", 0.5)
     fake_hub.hang.set()
     write_params(workdir)
     err, elapsed = fails(capsys)

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from zimdb.device import resolve
-from zimdb.errors import run
+from zimdb.errors import one_line, run
 from zimdb.paths import MODEL
 from zimdb.trained_model import TrainedModel, labels
 
@@ -260,10 +260,6 @@ class ExplainResponse(BaseModel):
         "has no such verdict (see running_note)"
     )
     running_note: str | None
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    return " ".join(text.split())[:limit]
 
 
 def shown(key: int | str) -> str:
