@@ -1,10 +1,12 @@
 """MsDataset.load as the download stage's source: a ModelScope hub dataset (by default imdb,
 down its loading script) or a local folder, each split as a table of text and label."""
 
+import contextlib
 import logging
 import os
+import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -102,29 +104,49 @@ def to_frame(loaded: object, dataset: str, split: str) -> pd.DataFrame:
     return df
 
 
+def is_local(dataset: str) -> bool:
+    """download.dataset names a local folder only when written as a path (./imdb, ../imdb,
+    /data/imdb, ~/imdb); anything else, such as imdb or owner/imdb, is a hub id."""
+    return dataset.startswith(("/", ".", "~"))
+
+
+@contextlib.contextmanager
+def in_empty_folder() -> Iterator[None]:
+    """MsDataset.load, and the datasets library under it, read a name as a local path wherever
+    one exists: run from an empty folder, the hub's imdb is read even beside a folder imdb."""
+    with tempfile.TemporaryDirectory(prefix="zimdb-hub-") as empty, contextlib.chdir(empty):
+        yield
+
+
 def load(dataset: str) -> dict[str, pd.DataFrame]:
-    if not Path(dataset).expanduser().exists():  # a hub id, not a local folder
+    if is_local(dataset):
+        if not Path(dataset).expanduser().exists():
+            raise PipelineError(f"download.dataset: {dataset} does not exist")
+        where = contextlib.nullcontext()
+    else:
         check_hub_reachable()
+        where = in_empty_folder()
 
     import requests
     from modelscope.msdatasets import MsDataset  # slow to import, and only this source needs it
 
     frames = {}
-    for split in SPLITS:
-        try:
-            # The default, modelscope/imdb, is a loading script (imdb.py) published by
-            # ModelScope's own org, and the locked modelscope refuses to run any script unless
-            # trusted; download.dataset is the user's own choice of code to run as well.
-            loaded = MsDataset.load(dataset, split=split, trust_remote_code=True)
-        except (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout) as e:
-            raise PipelineError(
-                f"could not reach the ModelScope hub to load {dataset!r} ({short_reason(e)}); "
-                f"{OFFLINE_HINT}"
-            ) from None
-        except Exception as e:  # unknown id, refused script, bad local folder: one line each
-            raise PipelineError(
-                f"MsDataset.load({dataset!r}, split={split!r}) failed: "
-                f"{type(e).__name__}: {one_line(str(e))}; {OFFLINE_HINT}"
-            ) from None
-        frames[split] = to_frame(loaded, dataset, split)
+    with where:
+        for split in SPLITS:
+            try:
+                # The default, modelscope/imdb, is a loading script (imdb.py) published by
+                # ModelScope's own org, and the locked modelscope refuses to run any script
+                # unless trusted; download.dataset is the user's own choice of code to run too.
+                loaded = MsDataset.load(dataset, split=split, trust_remote_code=True)
+            except (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout) as e:
+                raise PipelineError(
+                    f"could not reach the ModelScope hub to load {dataset!r} "
+                    f"({short_reason(e)}); {OFFLINE_HINT}"
+                ) from None
+            except Exception as e:  # unknown id, refused script, bad local folder: one line each
+                raise PipelineError(
+                    f"MsDataset.load({dataset!r}, split={split!r}) failed: "
+                    f"{type(e).__name__}: {one_line(str(e))}; {OFFLINE_HINT}"
+                ) from None
+            frames[split] = to_frame(loaded, dataset, split)
     return frames
