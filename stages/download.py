@@ -48,8 +48,16 @@ def main() -> None:
         frames, origin = aclimdb_source.load(p.archive), p.archive
     out = {}
     for split, df in frames.items():  # check both splits before writing either
+        where = f"{origin} ({split})"
+        missing = df["text"].isna()
+        if missing.any():  # nothing to learn from or score: left out, never written as "None"
+            print(
+                f"warning: {where}: left out {missing.sum()} review(s) with no text (null), "
+                f"e.g. row {missing.idxmax()}"
+            )
+            df = df[~missing]
         df = df.reset_index(drop=True)
-        df["label"] = map_labels(df["label"], f"{origin} ({split})")
+        df["label"] = map_labels(df["label"], where)
         df = subset(df, p.limit).reset_index(drop=True)
         if df.label.nunique() < 2:
             raise PipelineError(
