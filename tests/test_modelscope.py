@@ -7,12 +7,14 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from stages import download
 from tests.conftest import NEGATIVE, POSITIVE, ROOT, imdb_reviews, imdb_script, write_params
+from zimdb import modelscope_source
 from zimdb.errors import run
 
 OFFLINE_COMMAND = (
@@ -51,6 +53,42 @@ def test_default_source_loads_the_hub_dataset_through_its_loading_script(workdir
     assert ("GET", "/api/v1/datasets/modelscope/imdb", "") in fake_hub.requests
     assert ("GET", "/api/v1/datasets/modelscope/imdb/repo", "imdb.py") in fake_hub.requests
     assert fake_hub.unknown == []
+
+
+def local_dataset(folder: Path) -> pd.DataFrame:
+    """A folder MsDataset.load reads: {train,test}.csv of text and label, both the same."""
+    table = pd.DataFrame({"text": ["a local review", "another local one"], "label": [1, 0]})
+    folder.mkdir()
+    for split in ("train", "test"):
+        table.to_csv(folder / f"{split}.csv", index=False)
+    return table
+
+
+def test_a_folder_named_like_the_hub_dataset_does_not_replace_it(workdir, fake_hub):
+    """MsDataset.load('imdb') reads ./imdb wherever it exists: the stage asks the hub anyway."""
+    local_dataset(workdir / "imdb")
+    write_params(workdir)  # download.dataset: imdb
+    download.main()
+    for split in ("train", "test"):
+        pd.testing.assert_frame_equal(pd.read_parquet(f"data/raw/{split}.parquet"), expected(split))
+    assert ("GET", "/api/v1/datasets/modelscope/imdb", "") in fake_hub.requests
+
+
+@pytest.mark.parametrize("written", ["./imdb", "{workdir}/imdb", "~/imdb"])
+def test_a_dataset_written_as_a_path_is_the_local_folder(workdir, fake_hub, monkeypatch, written):
+    monkeypatch.setenv("HOME", str(workdir))
+    table = local_dataset(workdir / "imdb")
+    write_params(workdir, **{"download.dataset": written.format(workdir=workdir)})
+    download.main()
+    pd.testing.assert_frame_equal(pd.read_parquet("data/raw/test.parquet"), table)
+    assert fake_hub.requests == []  # not even the check that the hub answers
+
+
+def test_a_dataset_path_that_does_not_exist_is_one_line(workdir, fake_hub, capsys):
+    write_params(workdir, **{"download.dataset": "./imbd"})
+    err, _ = fails(capsys)
+    assert err == "error: download.dataset: ./imbd does not exist\n"
+    assert fake_hub.requests == []
 
 
 def test_hub_dataset_comes_back_as_a_plain_datasets_dataset(workdir, fake_hub):
@@ -111,6 +149,16 @@ def test_unsupervised_reviews_never_reach_the_raw_tables(workdir, fake_hub, caps
     assert "imdb (train): left out 1 review(s) with label -1" in capsys.readouterr().out
 
 
+def test_a_review_without_text_is_left_out_with_a_warning(workdir, fake_hub, capsys):
+    """Never the string "None" (nor a null) in data/raw: which row, and how many, are told."""
+    fake_hub.files["imdb.py"] = imdb_script(imdb_reviews(extra_train=((None, "pos"),))).encode()
+    write_params(workdir)
+    download.main()
+    pd.testing.assert_frame_equal(pd.read_parquet("data/raw/train.parquet"), expected("train"))
+    out = capsys.readouterr().out
+    assert "warning: imdb (train): left out 1 review(s) with no text (null), e.g. row 6\n" in out
+
+
 def test_label_names_not_their_order_decide_which_is_negative(workdir, fake_hub):
     fake_hub.files["imdb.py"] = imdb_script(names=("pos", "neg")).encode()  # 0 = positive here
     write_params(workdir)
@@ -133,7 +181,7 @@ def test_no_network_fails_fast_in_one_line_with_the_offline_command(workdir, fak
 def test_a_hub_that_never_answers_fails_within_the_check_timeout(
     workdir, fake_hub, monkeypatch, capsys
 ):
-    monkeypatch.setattr(download, "HUB_TIMEOUT", 0.5)
+    monkeypatch.setattr(modelscope_source, "HUB_TIMEOUT", 0.5)
     fake_hub.hang.set()
     write_params(workdir)
     err, elapsed = fails(capsys)

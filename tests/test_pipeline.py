@@ -194,6 +194,16 @@ def test_predict_arguments_and_txt_file(built):
     pd.testing.assert_frame_equal(from_file, table)
 
 
+def test_predict_txt_reviews_end_at_newlines_only(built):
+    """U+2028 and the other breaks of str.splitlines() are characters of a review, not ends."""
+    root, _ = built
+    reviews = ["A wonderful\u2028film, truly.", "Dull\x0cand\x85far\x1ctoo long.", "Fine\rfine."]
+    text = f"{reviews[0]}\r\n{reviews[1]}\n{reviews[2]}\n"
+    (root / "breaks.txt").write_text(text, newline="")
+    predict(root, "--file", "breaks.txt", "--output", "breaks.parquet")
+    assert pd.read_parquet(root / "breaks.parquet").text.tolist() == reviews
+
+
 def test_predict_gives_a_defined_answer_for_odd_inputs(built):
     root, _ = built
     odd = [
@@ -263,6 +273,14 @@ def test_predict_output_format_follows_the_extension(built, suffix):
     assert written.columns.tolist() == ["text", "label", "probability"]
     assert written.text.tolist() == ["Great film.", "Awful."]
     np.testing.assert_allclose(written.probability, reference.probability, atol=1e-6)
+
+
+def test_predict_reads_undecodable_argument_bytes_as_replacement_characters(built):
+    """A shell passes bytes: Python gives the undecodable ones as lone surrogates (b"\\xff" is
+    "\\udcff"), which parquet, CSV and JSON files refuse."""
+    root, _ = built
+    predict(root, "Great \udcff film.", "--output", "argv.parquet")
+    assert pd.read_parquet(root / "argv.parquet").text.tolist() == ["Great \ufffd film."]
 
 
 BAD_INPUTS = {

@@ -1,7 +1,9 @@
 import re
+import threading
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from zimdb import text
 
@@ -58,3 +60,29 @@ def test_encode_truncates_head_or_tail():
 def test_encode_of_nothing():
     ids, lengths = text.encode(pd.Series([], dtype=object), VOCAB, 3, "head")
     assert ids.shape == (0, 3) and lengths.shape == (0,) and ids.dtype == np.int64
+
+
+def test_clean_reuses_one_pool_and_keeps_a_few_reviews_on_the_calling_thread(monkeypatch):
+    """The service cleans every batch it scores: no pool built per call, none for a few."""
+    threads = []
+
+    def chunk(texts):
+        threads.append(threading.current_thread())
+        return clean_chunk(texts)
+
+    clean_chunk = text._clean_chunk
+    monkeypatch.setattr(text, "_clean_chunk", chunk)
+    many = pd.Series(["Good <br />film"] * 64 * pa.cpu_count())
+    for _ in range(3):
+        assert text.clean(many).tolist() == ["good film"] * len(many)
+    assert len(set(threads)) <= pa.cpu_count()
+    threads.clear()
+    assert text.clean(pd.Series(["Fine"])).tolist() == ["fine"]
+    assert threads == [threading.current_thread()]
+
+
+def test_clean_takes_lone_surrogates_as_a_utf8_decoder_takes_bad_bytes():
+    """No UTF-8 encoder takes "\ud800", which JSON allows: each is read as U+FFFD, a non-letter."""
+    raw = ["Great\ud800film", "\udcff", "ok \ud83d\ude00 <b>\udfff</b>"]
+    raw = pd.Series(raw, dtype=object)  # pandas' own str dtype is Arrow's: it refuses them too
+    assert text.clean(raw).tolist() == ["great film", "", "ok"]

@@ -8,6 +8,11 @@ class PipelineError(Exception):
     """Bad params, bad input data or a missing/damaged artifact; the message names the culprit."""
 
 
+def one_line(text: str, limit: int = 200) -> str:
+    """Another library's message, fit to end one of ours: one line, at most `limit` long."""
+    return " ".join(text.split())[:limit]
+
+
 def run(main: Callable[[], None]) -> None:
     try:
         main()

@@ -7,6 +7,7 @@ itself, so a review scores exactly as evaluate scored it, whatever params.yaml s
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def read_texts(path: Path) -> pd.Series:
             data = path.read_bytes()
             if b"\0" in data:
                 raise ValueError("it holds NUL bytes, so it is binary, not text")
-            texts = pd.Series(data.decode("utf-8").splitlines(), dtype=object)
+            texts = pd.Series(lines(data.decode("utf-8")), dtype=object)
         elif path.suffix == ".csv":
             df = pd.read_csv(path, keep_default_na=False, dtype=str, encoding="utf-8")
             texts = column(df, path)
@@ -61,6 +62,15 @@ def read_texts(path: Path) -> pd.Series:
     if texts.empty:
         raise PipelineError(f"--file {path} holds no reviews")
     return texts.reset_index(drop=True)
+
+
+def lines(text: str) -> list[str]:
+    """A review per line, ended by \n or \r\n: not str.splitlines(), which also ends one at
+    U+2028, U+2029, \x0b, \x0c, \x1c-\x1e and \x85, splitting a review that holds one."""
+    found = text.split("\n")
+    if found[-1] == "":  # what follows the last line's newline
+        found.pop()
+    return [line.removesuffix("\r") for line in found]
 
 
 def column(df: pd.DataFrame, path: Path) -> pd.Series:
@@ -108,7 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         check_output(args.output)
 
-    texts = read_texts(args.file) if args.file else pd.Series(args.texts, dtype=object)
+    # Python gives an argument's undecodable bytes as lone surrogates, which no output format
+    # takes: they are read back as a UTF-8 decoder reads bad bytes, each a U+FFFD.
+    given = [os.fsencode(t).decode("utf-8", "replace") for t in args.texts]
+    texts = read_texts(args.file) if args.file else pd.Series(given, dtype=object)
     trained = TrainedModel.load(args.model, resolve(args.device, "--device"))
     prob = probabilities(texts, trained, args.batch_size)
     result = pd.DataFrame({"text": texts, "label": labels(prob), "probability": prob})

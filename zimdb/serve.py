@@ -8,6 +8,7 @@ requests that arrive while it is busy are scored together in the next batch.
 
 import argparse
 import asyncio
+import logging
 import queue
 import sys
 import threading
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -22,15 +24,17 @@ import pandas as pd
 import torch
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from zimdb.device import resolve
-from zimdb.errors import run
+from zimdb.errors import one_line, run
 from zimdb.explain import has_running_verdict, read
 from zimdb.paths import MODEL
 from zimdb.trained_model import TrainedModel, labels
@@ -43,10 +47,22 @@ GATHER_WAIT = 0.002  # seconds a request arriving alone waits for others, if the
 # size. On the project's 2-core CPU, 16 ran fastest (256 gathered reviews: 1171 reviews/s at
 # 16, 778 at 256, predict's default, which pads more); a GPU wants large batches.
 BATCH_SIZE = {"cpu": 16, "cuda": 256}
+TIMEOUT = 30  # seconds a request waits for the model before a 503
+HEALTH_TIMEOUT = 5  # seconds /health waits for the model thread to answer
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("uvicorn.error")  # uvicorn's own log: its format, on its stream
 
 
 _STOP = object()
+
+
+def _settle(future: Future, work: Callable[[], object]) -> None:
+    """future resolves to work(), or to the exception it raised: the request's to report, not
+    the model thread's."""
+    try:
+        future.set_result(work())
+    except Exception as e:
+        future.set_exception(e)
 
 
 class ModelWorker:
@@ -56,7 +72,8 @@ class ModelWorker:
     model, up to `gather` reviews, in forward passes of `batch_size`. A request that arrives
     alone waits `wait` seconds for company, but only if the last batch had some: under
     concurrent clients that fills batches, and a lone client is not kept waiting for nobody.
-    Other work on the model (`call`) runs between batches.
+    Other work on the model (`call`) runs between batches. A batch that fails is scored again
+    request by request, so that a failure fails only the request it came from.
 
     The model is loaded on this thread too, so no other thread ever runs torch: with OpenMP
     thread teams for two threads on two cores, libgomp manages more threads than there are
@@ -109,10 +126,7 @@ class ModelWorker:
             work, future = job
             if callable(work):
                 if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(work())
-                    except Exception as e:  # the request's to report, not this thread's
-                        future.set_exception(e)
+                    _settle(future, work)
                 job = None
             else:
                 batch, job = self._collect(job)
@@ -136,16 +150,21 @@ class ModelWorker:
         self.company = len(batch) > 1 or pending is not None
         return batch, pending
 
+    def _probabilities(self, texts: list[str]):
+        return self.trained.probabilities(pd.Series(texts, dtype=object), self.batch_size)
+
     def _score(self, batch: list[tuple]) -> None:
         batch = [(texts, f) for texts, f in batch if f.set_running_or_notify_cancel()]
         if not batch:
             return
         try:
-            reviews = pd.Series([text for texts, _ in batch for text in texts], dtype=object)
-            probabilities = self.trained.probabilities(reviews, self.batch_size)
+            probabilities = self._probabilities([text for texts, _ in batch for text in texts])
         except Exception as e:
-            for _, future in batch:
-                future.set_exception(e)
+            if len(batch) == 1:
+                batch[0][1].set_exception(e)
+            else:  # some request's texts broke the call: each alone, only that one fails
+                for texts, future in batch:
+                    _settle(future, partial(self._probabilities, texts))
             return
         start = 0
         for texts, future in batch:
@@ -198,10 +217,15 @@ class Error(BaseModel):
     detail: str = Field(description="what was wrong, in one line")
 
 
-# What the 4xx answers look like, for the OpenAPI page (FastAPI would show its own 422 list).
+# What the error answers look like, for the OpenAPI page (FastAPI would show its own 422 list).
+UNAVAILABLE = {
+    503: {"model": Error, "description": "the model thread has stopped, or did not answer in time"}
+}
 ERRORS = {
     413: {"model": Error, "description": "the body is over 1 MiB"},
     422: {"model": Error, "description": "not JSON, or not the JSON this route takes"},
+    500: {"model": Error, "description": "scoring failed on the server (a bug; in its log)"},
+    **UNAVAILABLE,
 }
 
 
@@ -239,16 +263,27 @@ class ExplainResponse(BaseModel):
     running_note: str | None
 
 
+def shown(key: int | str) -> str:
+    """A place in the body as a message shows it: a key of a megabyte is shortened, one with a
+    line break escaped, so that the message stays one short line."""
+    if isinstance(key, int):
+        return f"[{key}]"
+    key = key if len(key) <= 40 else key[:40] + "..."
+    return "." + (key if key.isprintable() else ascii(key)[1:-1])
+
+
 def describe(errors: list[dict]) -> str:
     """One readable line for a request's validation errors, e.g. `texts[2]: Input should be a
     valid string`: FastAPI's own list repeats each bad input, which may be a megabyte."""
     lines = []
     for error in errors:
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"][1:])
+        where = "".join(shown(p) for p in error["loc"][1:])
         if error["type"] == "json_invalid":
             lines.append(
                 f"the body is not JSON ({error['ctx']['error']} at character {where[1:-1]})"
             )
+        elif not where and error["type"] == "string_unicode":  # pydantic refuses such keys
+            lines.append("a key of the body is no text: it holds a lone surrogate such as \\ud800")
         elif not where and isinstance(error.get("input"), bytes | str):
             lines.append("the body is not JSON: send Content-Type: application/json")
         elif not where and error["type"] == "missing":
@@ -261,8 +296,25 @@ def describe(errors: list[dict]) -> str:
     return "; ".join(lines[:3]) + more
 
 
-def create_app(worker: ModelWorker) -> FastAPI:
-    """The service of the model `worker` holds; the app stops the worker when it shuts down."""
+def unparsed(error: BaseException | None) -> str | None:
+    """Why json.loads refused a body, where FastAPI answers only a 400 "There was an error
+    parsing the body" (it names JSONDecodeError alone)."""
+    if isinstance(error, UnicodeDecodeError):
+        return f"the body is not JSON: not UTF-8 (byte {error.start})"
+    if isinstance(error, RecursionError):
+        return "the body is not JSON this service reads: nested too deeply"
+    if isinstance(error, ValueError):  # an integer of over 4300 digits, say
+        return f"the body is not JSON this service reads ({one_line(str(error))})"
+    return None
+
+
+def create_app(
+    worker: ModelWorker, timeout: float = TIMEOUT, health_timeout: float = HEALTH_TIMEOUT
+) -> FastAPI:
+    """The service of the model `worker` holds; the app stops the worker when it shuts down.
+
+    A request waits `timeout` seconds for the model, /health `health_timeout`: then a 503.
+    """
     trained = worker.trained
     config = trained.model.config
     note = (
@@ -291,10 +343,45 @@ def create_app(worker: ModelWorker) -> FastAPI:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": describe(exc.errors())}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and (reason := unparsed(exc.__cause__)):
+            return JSONResponse({"detail": reason}, status_code=422)
+        return await http_exception_handler(request, exc)
+
+    async def answer(job: Future, wait: float, request: Request, what: str):
+        """The model thread's result for `job`. A 503 if the thread has stopped or does not
+        answer within `wait` seconds (the job is then dropped, if not yet started). A 500 if
+        the job failed, which no input is known to make it do: a bug, logged in one line."""
+        if not worker.thread.is_alive():
+            raise HTTPException(503, "the model thread has stopped; restart the service")
+        waiting = asyncio.wrap_future(job)
+        done, _ = await asyncio.wait([waiting], timeout=wait)
+        if not done:
+            job.cancel()
+            raise HTTPException(503, f"the model did not answer within {wait:g} s; try later")
+        try:
+            return waiting.result()
+        except Exception as e:
+            client = f"{request.client.host}:{request.client.port}" if request.client else "?"
+            log.error(
+                "%s %s from %s (%s) failed on the model thread: %s: %s",
+                request.method,
+                request.url.path,
+                client,
+                what,
+                type(e).__name__,
+                one_line(str(e)),
+            )
+            raise HTTPException(
+                500, f"scoring failed on the server ({type(e).__name__}); its log has the error"
+            ) from None
+
     @app.post("/predict", responses=ERRORS)
-    async def predict(request: PredictRequest) -> PredictResponse:
+    async def predict(request: PredictRequest, http: Request) -> PredictResponse:
         """P(positive) and the label of each review, as `zimdb.predict` gives them."""
-        probabilities = await asyncio.wrap_future(worker.submit(request.texts))
+        job = worker.submit(request.texts)
+        probabilities = await answer(job, timeout, http, f"{len(request.texts)} text(s)")
         return PredictResponse(
             predictions=[
                 Prediction(label=labels(p).item(), probability=p) for p in probabilities.tolist()
@@ -302,9 +389,10 @@ def create_app(worker: ModelWorker) -> FastAPI:
         )
 
     @app.post("/explain", responses=ERRORS)
-    async def explain(request: ExplainRequest) -> ExplainResponse:
+    async def explain(request: ExplainRequest, http: Request) -> ExplainResponse:
         """One review as the model read it and its verdict after each word, from one pass."""
-        reading = await asyncio.wrap_future(worker.call(lambda: read(trained, request.text)))
+        job = worker.call(lambda: read(trained, request.text))
+        reading = await answer(job, timeout, http, f"a text of {len(request.text)} characters")
         return ExplainResponse(
             label=labels(reading.probability).item(),
             probability=reading.probability,
@@ -317,8 +405,10 @@ def create_app(worker: ModelWorker) -> FastAPI:
             running_note=note,
         )
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
+    @app.get("/health", responses=UNAVAILABLE)
+    async def health(http: Request) -> dict[str, str]:
+        """ok while the model thread answers: a no-op on it, queued behind the requests."""
+        await answer(worker.call(lambda: None), health_timeout, http, "a no-op")
         return {"status": "ok"}
 
     @app.get("/", include_in_schema=False)

@@ -1,5 +1,6 @@
 """Text rules shared by the pipeline and prediction: cleaning, tokenising, the special ids."""
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,22 +15,48 @@ _TAG = r"<[^>]*>"
 _NOT_WORD = r"[^A-Za-z']+"  # the original rule: keep ASCII letters and apostrophes
 
 
+# Arrow's regex kernels release the GIL, so the chunks of one call are cleaned on all cores at
+# once. One pool for the process (its threads start on first use): a pool built per call cost
+# about 0.3 ms, as long as cleaning 16 reviews takes, and the service cleans every batch it
+# scores. Under _MIN_CHUNK reviews a core, handing chunks to threads costs more than it saves.
+# Measured on the project's 2-core EPYC (median of 7), per call before -> after: 25,000 reviews
+# 317 -> 298 ms (min 290 -> 288: the same); 16 reviews 701 -> 395 us; 1 review 378 -> 76 us.
+_POOL = ThreadPoolExecutor(pa.cpu_count(), thread_name_prefix="zimdb-clean")
+_MIN_CHUNK = 16
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def _clean_chunk(texts: pa.Array) -> pa.Array:
     texts = pc.replace_substring_regex(texts, _TAG, " ")
     texts = pc.replace_substring_regex(texts, _NOT_WORD, " ")
     return pc.ascii_lower(pc.utf8_trim_whitespace(texts))  # only ASCII letters are left
 
 
+def _utf8(texts: pd.Series) -> pa.Array:
+    try:
+        return pa.array(texts, type=pa.large_string(), from_pandas=True)
+    except UnicodeEncodeError:
+        # A Python str can hold lone surrogates (JSON's "\ud800", a command line's undecodable
+        # bytes), which UTF-8 cannot encode: each becomes U+FFFD, as a UTF-8 decoder replaces a
+        # bad byte sequence, and is then cleaned away like any other character but a letter.
+        texts = texts.map(lambda t: _SURROGATE.sub("\ufffd", t) if isinstance(t, str) else t)
+        return pa.array(texts, type=pa.large_string(), from_pandas=True)
+
+
 def clean(texts: pd.Series) -> pd.Series:
     """HTML tags become spaces, everything but letters and apostrophes a single space, lowercase.
 
-    Arrow's regex kernels release the GIL, so one chunk per core runs at the same time.
+    Any str is cleaned, lone surrogates included (each read as U+FFFD).
     """
-    arr = pa.array(texts, type=pa.large_string(), from_pandas=True)
-    step = -(-len(arr) // pa.cpu_count()) or 1
-    with ThreadPoolExecutor(pa.cpu_count()) as pool:
-        chunks = list(pool.map(_clean_chunk, (arr[i : i + step] for i in range(0, len(arr), step))))
-    return pd.Series(pa.chunked_array(chunks, type=arr.type), index=texts.index, dtype="str")
+    arr = _utf8(texts)
+    chunks = min(pa.cpu_count(), len(arr) // _MIN_CHUNK)
+    if chunks > 1:
+        step = -(-len(arr) // chunks)
+        pieces = _POOL.map(_clean_chunk, (arr[i : i + step] for i in range(0, len(arr), step)))
+        cleaned = pa.chunked_array(list(pieces), type=arr.type)
+    else:
+        cleaned = _clean_chunk(arr)
+    return pd.Series(cleaned, index=texts.index, dtype="str")
 
 
 def _split(cleaned: pd.Series) -> pa.ListArray:
