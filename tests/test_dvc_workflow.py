@@ -91,6 +91,17 @@ def test_status_names_exactly_the_stages_that_read_each_key_and_file(clean_proje
     assert status(root) == set()
 
 
+def test_a_change_to_the_page_s_explanation_retrains_nothing(clean_project):
+    """The word-by-word reading the service draws lives apart from model.pt's format, which
+    train imports to save the model: editing it reruns no stage."""
+    root = clean_project
+    explain = root / "zimdb/explain.py"
+    explain.write_text(
+        explain.read_text().replace("probability = running[-1]", "probability = running[-1] + 0")
+    )
+    assert status(root) == set()
+
+
 def test_real_reruns_stop_where_bytes_stop_changing(clean_project):
     root = clean_project
     # An experiment in the workspace: -S edits params.yaml, then DVC reruns what reads the key.

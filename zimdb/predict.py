@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         "--output", type=Path, help=".csv, .parquet or .jsonl (default: CSV on stdout)"
     )
     parser.add_argument("--model", type=Path, default=MODEL, help=f"default {MODEL}")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
     if bool(args.texts) == bool(args.file):

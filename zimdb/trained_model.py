@@ -55,7 +55,7 @@ class TrainedModel(ModelFile):
             lengths_np=lengths,
         )
 
-    def probabilities(self, texts: pd.Series, batch_size: int = 256) -> np.ndarray:
+    def probabilities(self, texts: pd.Series, batch_size: int = 128) -> np.ndarray:
         """P(positive) of each raw review."""
         out = logits(
             self.model, self.encode(texts.reset_index(drop=True)), batch_size, self.autocast()
