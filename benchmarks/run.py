@@ -59,9 +59,10 @@ def data_stages(archive: Path, work: Path, stages: list[str] = DATA_STAGES) -> d
     times = {}
     for stage in stages:
         start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", f"stages.{stage}"], cwd=work, check=True, capture_output=True
-        )
+        cmd = [sys.executable, "-m", f"stages.{stage}"]
+        done = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+        if done.returncode:  # the stage's own one-line error, e.g. a missing --archive
+            sys.exit(f"benchmark: stage {stage} failed: {done.stderr.strip().splitlines()[-1]}")
         times[stage] = time.perf_counter() - start
     return times
 
