@@ -346,6 +346,8 @@ def encoded_records(
 
 
 TRAIN_PLOTS, EVALUATE_PLOTS = "dvclive/train/plots/metrics", "dvclive/evaluate/plots/sklearn"
+# Charts that draw both models: the rows each model's stage logs (their `model` field says which).
+LSTM_CUSTOM, BASELINE_CUSTOM = "dvclive/evaluate/plots/custom", "dvclive/baseline/plots/custom"
 # Every chart of `dvc plots show` / `dvc plots diff`: id, title, x and y fields, the files drawn.
 # dvclive writes more files than these (speed per epoch); none of them may become a chart.
 PLOTS = {
@@ -361,7 +363,18 @@ PLOTS = {
         "loss",
         [f"{TRAIN_PLOTS}/train/loss.tsv", f"{TRAIN_PLOTS}/val/loss.tsv"],
     ),
-    "ROC": ("ROC curve (test)", "fpr", "tpr", [f"{EVALUATE_PLOTS}/roc.json"]),
+    "ROC": (
+        "ROC curve (test), both models",
+        "fpr",
+        "tpr",
+        [f"{LSTM_CUSTOM}/roc.json", f"{BASELINE_CUSTOM}/roc.json"],
+    ),
+    "Accuracy by length": (
+        "Test accuracy by review length, both models",
+        "words",
+        "accuracy",
+        [f"{LSTM_CUSTOM}/by_length.json", f"{BASELINE_CUSTOM}/by_length.json"],
+    ),
     "Confusion matrix": (
         "Confusion matrix (test, threshold 0.5)",
         "predicted",

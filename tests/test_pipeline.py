@@ -20,12 +20,20 @@ from zimdb import predict as predict_command
 
 def test_dvc_repro_builds_model_metrics_and_plots(built):
     root, first = built
-    for stage in ("download", "clean", "vocab", "encode", "train", "evaluate"):
+    for stage in ("download", "clean", "vocab", "encode", "train", "evaluate", "baseline"):
         assert f"Running stage '{stage}'" in first.stdout
     assert (root / "data/model.pt").stat().st_size > 0
+    test_metrics = {"loss", "accuracy", "precision", "recall", "f1", "roc_auc", "by_length"}
     scores = json.loads((root / "dvclive/evaluate/metrics.json").read_text())
-    assert set(scores) == {"loss", "accuracy", "precision", "recall", "f1", "roc_auc"}
+    assert set(scores) == test_metrics
     assert 0 <= scores["accuracy"] <= 1
+    # The baseline's metrics have the LSTM's names, and its val accuracy besides.
+    baseline = json.loads((root / "dvclive/baseline/metrics.json").read_text())
+    assert set(baseline) == test_metrics | {"val"}
+    cuts = [f"{end}_{k}" for end in ("first", "last") for k in (10, 20, 40, 80)]
+    for each in (scores, baseline):
+        assert set(cuts) <= set(each["by_length"])
+        assert all(0 <= v <= 1 for v in each["by_length"].values())
     curves = json.loads((root / "dvclive/train/metrics.json").read_text())
     # dvclive's step is the epoch number: SMALL's 2 epochs are steps 1 and 2.
     assert SMALL["train.epochs"] == 2
@@ -33,8 +41,8 @@ def test_dvc_repro_builds_model_metrics_and_plots(built):
     with open(root / TRAIN_PLOTS / "val/acc.tsv", newline="") as f:
         assert [row["step"] for row in csv.DictReader(f, delimiter="\t")] == ["1", "2"]
 
-    shown = json.loads(dvc("metrics", "show", "--json", cwd=root).stdout)
-    assert "dvclive/evaluate/metrics.json" in json.dumps(shown)
+    shown = json.dumps(json.loads(dvc("metrics", "show", "--json", cwd=root).stdout))
+    assert "dvclive/evaluate/metrics.json" in shown and "dvclive/baseline/metrics.json" in shown
 
 
 def file_rows(path) -> list[dict]:

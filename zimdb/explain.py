@@ -1,4 +1,4 @@
-"""One review as the model read it, word by word: what the web page draws (POST /explain)."""
+"""One review as a model read it, word by word: what the web page draws (POST /explain)."""
 
 from dataclasses import dataclass
 
@@ -6,7 +6,9 @@ import pandas as pd
 import torch
 
 from zimdb import text
+from zimdb.baseline import Baseline
 from zimdb.model import ModelConfig
+from zimdb.scorer import Scorer
 from zimdb.trained_model import TrainedModel
 
 
@@ -15,9 +17,11 @@ class Reading:
     """One review as the model read it, and its verdict after each word."""
 
     words: list[str]  # the words read: cleaned, then truncated to max_len
-    unknown: list[bool]  # read as UNK: not in the vocabulary
+    unknown: list[bool]  # not in the model's vocabulary (the LSTM reads them as UNK)
     cut: int  # words dropped by truncation (from the start with truncate "tail")
-    probability: float  # P(positive), as TrainedModel.probabilities gives it
+    truncate: str | None  # which end a long review keeps; None: the model reads all of it
+    max_len: int | None  # the most words it reads; None: no limit
+    probability: float  # P(positive), as the model's probabilities() gives it
     running: list[float] | None  # P(positive) had the review ended at each word
 
 
@@ -32,8 +36,38 @@ def has_running_verdict(config: ModelConfig) -> bool:
     return not config.bidirectional and config.pooling == "last"
 
 
+def running_note(model: Scorer) -> str | None:
+    """Why `model` has no running verdict, for the page; None where it has one."""
+    if isinstance(model, Baseline):
+        return (
+            f"No running verdict: {model.describe()} reads a review as a bag of word n-grams, "
+            "with no state after each word."
+        )
+    config = model.model.config
+    if has_running_verdict(config):
+        return None
+    if config.bidirectional:
+        return (
+            "No running verdict: this model reads each review in both directions, so its "
+            "state at a word has already seen the words after it."
+        )
+    return (
+        "No running verdict: this model max-pools its states over the whole review, so no "
+        "one state is its verdict on the words up to it."
+    )
+
+
+def read(model: Scorer, review: str) -> Reading:
+    if isinstance(model, Baseline):
+        words = text.split_words(text.clean(pd.Series([review], dtype=object)))[0].to_pylist()
+        probability = float(model.probabilities(pd.Series([review], dtype=object))[0])
+        unknown = [w not in model.unigrams for w in words]
+        return Reading(words, unknown, 0, None, None, probability, None)
+    return read_lstm(model, review)
+
+
 @torch.no_grad()
-def read(trained: TrainedModel, review: str) -> Reading:
+def read_lstm(trained: TrainedModel, review: str) -> Reading:
     """The words `trained` reads of `review` and, where has_running_verdict, its running
     verdict: sigmoid(head(state at word t)) for every t, from one pass over the review."""
     model = trained.model
@@ -58,6 +92,8 @@ def read(trained: TrainedModel, review: str) -> Reading:
         words=kept,
         unknown=(ids[0, :n] == text.UNK).tolist(),
         cut=len(words) - n,
+        truncate=trained.truncate,
+        max_len=trained.max_len,
         probability=probability,
         running=running,
     )

@@ -73,6 +73,14 @@ class Evaluate(Section):
     device: Device
 
 
+class Baseline(Section):
+    ngram_max: int = Field(ge=1)
+    min_df: int = Field(ge=1)
+    max_features: int = Field(ge=1)
+    sublinear_tf: bool
+    C: float = Field(gt=0)
+
+
 class Params(Section):
     download: Download
     split: Split
@@ -80,6 +88,7 @@ class Params(Section):
     encode: Encode
     train: Train
     evaluate: Evaluate
+    baseline: Baseline
 
 
 def describe(field: FieldInfo) -> str:

@@ -11,3 +11,5 @@ TRAIN_STATE = Path("data/train_state.pt")  # train's resume file, not a DVC outp
 TRAIN_LIVE = Path("dvclive/train")
 PREDICTIONS = Path("data/predictions/test.parquet")
 EVALUATE_LIVE = Path("dvclive/evaluate")
+BASELINE = Path("data/baseline.skops")
+BASELINE_LIVE = Path("dvclive/baseline")

@@ -4,6 +4,7 @@ Texts come as arguments or from --file (.txt, one review per line; .csv or .parq
 column); text, label and probability (of positive) go to --output (.csv, .parquet or .jsonl, by
 its extension) or to stdout as CSV. The vocabulary and encode settings come from the model file
 itself, so a review scores exactly as evaluate scored it, whatever params.yaml says now.
+`--model data/baseline.skops` scores with the baseline instead.
 """
 
 import argparse
@@ -16,11 +17,12 @@ import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
+from zimdb import scorer
 from zimdb.artifacts import atomic_path
 from zimdb.device import resolve
 from zimdb.errors import PipelineError, run
 from zimdb.paths import MODEL
-from zimdb.trained_model import TrainedModel, labels
+from zimdb.verdict import labels
 
 CHUNK = 8192  # reviews cleaned and encoded at a time: bounded memory for any file size
 WRITERS = {
@@ -88,7 +90,7 @@ def check_output(path: Path) -> None:
         raise PipelineError(f"--output {path}: folder {path.parent} does not exist")
 
 
-def probabilities(texts: pd.Series, trained: TrainedModel, batch_size: int) -> np.ndarray:
+def probabilities(texts: pd.Series, trained: scorer.Scorer, batch_size: int) -> np.ndarray:
     out = np.empty(len(texts), dtype=np.float32)
     with tqdm(
         total=len(texts), unit=" reviews", disable=len(texts) <= CHUNK, file=sys.stderr
@@ -107,7 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--output", type=Path, help=".csv, .parquet or .jsonl (default: CSV on stdout)"
     )
-    parser.add_argument("--model", type=Path, default=MODEL, help=f"default {MODEL}")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=MODEL,
+        help=f"model.pt, or the baseline's .skops (default {MODEL})",
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     # takes: they are read back as a UTF-8 decoder reads bad bytes, each a U+FFFD.
     given = [os.fsencode(t).decode("utf-8", "replace") for t in args.texts]
     texts = read_texts(args.file) if args.file else pd.Series(given, dtype=object)
-    trained = TrainedModel.load(args.model, resolve(args.device, "--device"))
+    trained = scorer.load(args.model, resolve(args.device, "--device"))
     prob = probabilities(texts, trained, args.batch_size)
     result = pd.DataFrame({"text": texts, "label": labels(prob), "probability": prob})
     if args.output:

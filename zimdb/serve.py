@@ -33,11 +33,12 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from zimdb import scorer
 from zimdb.device import resolve
 from zimdb.errors import one_line, run
-from zimdb.explain import has_running_verdict, read
+from zimdb.explain import read, running_note
 from zimdb.paths import MODEL
-from zimdb.trained_model import TrainedModel, labels
+from zimdb.verdict import labels
 
 MAX_BODY = 1 << 20  # bytes
 MAX_TEXTS = 256  # per request
@@ -83,7 +84,7 @@ class ModelWorker:
 
     def __init__(
         self,
-        load: Callable[[], TrainedModel],
+        load: Callable[[], scorer.Scorer],
         batch_size: int,
         gather: int = GATHER,
         wait: float = GATHER_WAIT,
@@ -94,7 +95,7 @@ class ModelWorker:
         self.thread = threading.Thread(target=self._run, name="zimdb-model", daemon=True)
         self.thread.start()
         try:
-            self.trained: TrainedModel = self.call(load).result()
+            self.trained: scorer.Scorer = self.call(load).result()
         except BaseException:
             self.stop()
             raise
@@ -254,8 +255,10 @@ class ExplainResponse(BaseModel):
     words: list[str] = Field(description="the words the model read: cleaned and truncated")
     unknown: list[bool] = Field(description="per word: not in the vocabulary, read as <unk>")
     cut: int = Field(description="words dropped by truncation, at the end `truncate` drops")
-    truncate: Literal["head", "tail"] = Field(description="tail: the last max_len words kept")
-    max_len: int
+    truncate: Literal["head", "tail"] | None = Field(
+        description="tail: the last max_len words kept; null: the model reads every word"
+    )
+    max_len: int | None = Field(description="the most words the model reads; null: no limit")
     running: list[float] | None = Field(
         description="per word: P(positive) had the review ended there; null where the model "
         "has no such verdict (see running_note)"
@@ -316,16 +319,7 @@ def create_app(
     A request waits `timeout` seconds for the model, /health `health_timeout`: then a 503.
     """
     trained = worker.trained
-    config = trained.model.config
-    note = (
-        None
-        if has_running_verdict(config)
-        else "No running verdict: this model reads each review in both directions, so its "
-        "state at a word has already seen the words after it."
-        if config.bidirectional
-        else "No running verdict: this model max-pools its states over the whole review, so "
-        "no one state is its verdict on the words up to it."
-    )
+    note = running_note(trained)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -399,8 +393,8 @@ def create_app(
             words=reading.words,
             unknown=reading.unknown,
             cut=reading.cut,
-            truncate=trained.truncate,
-            max_len=trained.max_len,
+            truncate=reading.truncate,
+            max_len=reading.max_len,
             running=reading.running,
             running_note=note,
         )
@@ -421,7 +415,12 @@ def create_app(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=MODEL, help=f"default {MODEL}")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=MODEL,
+        help=f"model.pt, or the baseline's .skops (default {MODEL})",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -438,9 +437,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--batch-size must be at least 1")
     device = resolve(args.device, "--device")
     batch_size = args.batch_size or BATCH_SIZE[device.type]
-    worker = ModelWorker(lambda: TrainedModel.load(args.model, device), batch_size)
+    worker = ModelWorker(lambda: scorer.load(args.model, device), batch_size)
     print(
-        f"serving {args.model} ({worker.trained.scoring.name}) on http://{args.host}:{args.port}/",
+        f"serving {args.model} ({worker.trained.describe()}) on http://{args.host}:{args.port}/",
         file=sys.stderr,
     )
     uvicorn.run(create_app(worker), host=args.host, port=args.port)

@@ -18,14 +18,6 @@ from zimdb.inference import logits
 from zimdb.model_file import ModelFile
 from zimdb.precision import Precision, flush_denormals, for_scoring
 
-CLASSES = np.array(["negative", "positive"])  # label 0, label 1
-THRESHOLD = 0.5  # P(positive) above it is a positive verdict
-
-
-def labels(probability: np.ndarray) -> np.ndarray:
-    """The class names of P(positive), as evaluate counts them."""
-    return CLASSES[(np.asarray(probability) > THRESHOLD).astype(int)]
-
 
 @dataclass
 class TrainedModel(ModelFile):
@@ -44,6 +36,9 @@ class TrainedModel(ModelFile):
 
     def autocast(self):
         return self.scoring.autocast()
+
+    def describe(self) -> str:
+        return f"the LSTM, scoring in {self.scoring.name}"
 
     def encode(self, texts: pd.Series) -> Encoded:
         """Raw reviews cleaned and encoded as the pipeline does, on the model's device."""

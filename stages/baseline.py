@@ -1,0 +1,42 @@
+"""Stage baseline: TF-IDF over word n-grams and logistic regression on the train split, the
+yardstick the LSTM is read against, scored on the test split as evaluate scores the LSTM.
+
+Writes data/baseline.skops and dvclive/baseline: the same test metrics as evaluate's (beside them
+in `dvc metrics show`), val accuracy, and the ROC curve and accuracy by length that the shared
+charts draw next to the LSTM's.
+"""
+
+from dvclive import Live
+
+from zimdb import evaluation, params
+from zimdb.artifacts import read_table
+from zimdb.baseline import NAME, Baseline
+from zimdb.errors import run
+from zimdb.paths import BASELINE, BASELINE_LIVE, CLEAN
+
+COLUMNS = {"text": "str", "label": "iu"}
+
+
+def main() -> None:
+    p = params.load("baseline")
+    train, val, test = (
+        read_table(CLEAN / f"{split}.parquet", "clean", COLUMNS)
+        for split in ("train", "val", "test")
+    )
+    model = Baseline.build(p).fit(train.text, train.label.to_numpy())
+    val_acc = evaluation.scores(val.label.to_numpy(), model.probabilities(val.text))["accuracy"]
+    prob = model.probabilities(test.text)
+    with Live(str(BASELINE_LIVE), dvcyaml=None, save_dvc_exp=False) as live:
+        scores = evaluation.log(
+            live, NAME, test.text, test.label.to_numpy(), prob, model.probabilities
+        )
+        live.log_metric("val/accuracy", val_acc, plot=False)
+    model.save(BASELINE)
+    print(
+        f"val: accuracy {val_acc:.4f}; test: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    )
+
+
+if __name__ == "__main__":
+    run(main)

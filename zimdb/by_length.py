@@ -1,0 +1,80 @@
+"""Test accuracy by review length, the same for every model: on the test reviews cut to their
+first or last k words, and on whole reviews grouped by how many words they have.
+
+Short texts are where the web page's users type, and where a model trained on whole reviews
+is weakest. Each model's stage logs these as metrics (by_length/last_10, ...) and as rows of
+one chart that compares the models (dvc.yaml's "Accuracy by length").
+"""
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from zimdb import text
+from zimdb.verdict import THRESHOLD
+
+CUTS = (10, 20, 40, 80)  # words kept of each review
+# Whole reviews by their number of words: [low, high); an LSTM reads the last max_len of them.
+BUCKETS = ((1, 100), (100, 200), (200, 400), (400, None))
+
+
+def cut(cleaned: pd.Series, k: int, end: str) -> pd.Series:
+    """The first or last `k` words of each cleaned review (all of a shorter one)."""
+    flat, counts = text.split_words(cleaned)
+    position = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = position < k if end == "first" else position >= np.repeat(counts - k, counts)
+    offsets = np.concatenate([[0], np.cumsum(np.minimum(counts, k))]).astype(np.int32)
+    kept = pa.ListArray.from_arrays(pa.array(offsets), flat.filter(pa.array(keep)))
+    return pd.Series(pc.binary_join(kept, " ").to_pylist(), index=cleaned.index, dtype=object)
+
+
+def rows(
+    model: str,
+    cleaned: pd.Series,
+    labels: np.ndarray,
+    probability: np.ndarray,
+    score: Callable[[pd.Series], np.ndarray],
+) -> list[dict]:
+    """The chart's rows for `model`: its accuracy on every cut (scored now with `score`, which
+    gives P(positive) of cleaned texts) and on every bucket of whole reviews (`probability`, its
+    scores of the whole reviews). `words` is k, or a bucket's median length."""
+    out = []
+    for end in ("first", "last"):
+        for k in CUTS:
+            kept = score(cut(cleaned, k, end))
+            what = f"the {end} {k} words of every review"
+            out.append(_row(model, f"{end} k words", k, what, kept, labels))
+    lengths = text.split_words(cleaned)[1]
+    for low, high in BUCKETS:
+        inside = (lengths >= low) & (lengths < (high or np.inf))
+        if inside.any():
+            what = (
+                f"whole reviews of {low}-{high - 1} words"
+                if high
+                else f"whole reviews of {low}+ words"
+            )
+            words = int(np.median(lengths[inside]))
+            out.append(
+                _row(model, "whole reviews", words, what, probability[inside], labels[inside])
+            )
+    return out
+
+
+def _row(model, read, words, what, probability, labels) -> dict:
+    """One point of the chart. Every row has the same keys: DVC drops rows that differ."""
+    accuracy = float(((probability > THRESHOLD) == (labels == 1)).mean())
+    return {"model": model, "read": read, "words": words, "accuracy": accuracy, "what": what}
+
+
+def metrics(chart_rows: list[dict]) -> dict[str, float]:
+    """by_length/first_10, by_length/last_10, ..., by_length/whole_100-199, ... for dvclive."""
+    named = {}
+    for row in chart_rows:
+        if row["read"] == "whole reviews":  # "whole reviews of 100-199 words" -> whole_100-199
+            named[f"by_length/whole_{row['what'].split()[3]}"] = row["accuracy"]
+        else:
+            named[f"by_length/{row['read'].split()[0]}_{row['words']}"] = row["accuracy"]
+    return named

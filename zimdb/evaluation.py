@@ -1,0 +1,49 @@
+"""What every model's stage reports on the test split, so that the models sit side by side in
+`dvc metrics show` and on the same charts: loss, accuracy, precision, recall, F1 and ROC AUC,
+the ROC curve, and accuracy by review length (zimdb.by_length)."""
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from dvclive import Live
+from sklearn import metrics
+
+from zimdb import by_length
+from zimdb.verdict import THRESHOLD
+
+
+def scores(labels: np.ndarray, probability: np.ndarray) -> dict[str, float]:
+    predicted = (probability > THRESHOLD).astype(int)
+    return {
+        "loss": metrics.log_loss(labels, probability, labels=[0, 1]),
+        "accuracy": metrics.accuracy_score(labels, predicted),
+        "precision": metrics.precision_score(labels, predicted, zero_division=0),
+        "recall": metrics.recall_score(labels, predicted, zero_division=0),
+        "f1": metrics.f1_score(labels, predicted, zero_division=0),
+        "roc_auc": metrics.roc_auc_score(labels, probability),
+    }
+
+
+def log(
+    live: Live,
+    model: str,
+    cleaned: pd.Series,
+    labels: np.ndarray,
+    probability: np.ndarray,
+    score: Callable[[pd.Series], np.ndarray],
+) -> dict[str, float]:
+    """`model`'s test metrics, ROC curve and accuracy by length into `live`; the metrics.
+
+    `probability` is its P(positive) of each whole cleaned review, `score` gives it for any
+    cleaned texts (the reviews cut short)."""
+    chart = by_length.rows(model, cleaned, labels, probability, score)
+    logged = scores(labels, probability) | by_length.metrics(chart)
+    for name, value in logged.items():
+        live.log_metric(name, value, plot=False)
+    fpr, tpr, threshold = metrics.roc_curve(labels, probability, drop_intermediate=True)
+    roc = pd.DataFrame({"model": model, "fpr": fpr, "tpr": tpr, "threshold": threshold})
+    # The first point's threshold is infinite, which JSON has no number for.
+    live.log_plot("roc", roc.replace(np.inf, 1.0), x="fpr", y="tpr")
+    live.log_plot("by_length", chart, x="words", y="accuracy")
+    return logged
