@@ -272,3 +272,60 @@ def test_step_clips_the_unscaled_gradients_and_advances_the_schedule():
     assert 0 < torch.linalg.vector_norm(after - before) <= 1e-3 * (1 + 1e-6)
     assert optimizer.param_groups[0]["lr"] == 0.5  # the schedule's second step
     assert all(w.grad is None for w in model.parameters())  # ready for the next window
+
+
+def test_position_loss_adds_the_label_at_every_real_position():
+    data = _data(6)
+    window = [(ids, n, y.double()) for ids, n, y in data.batches([np.arange(6)])]
+    ((ids, lengths, labels),) = window
+    model = make_model().train()
+    weight = 0.5
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    stepper = Stepper(model, optimizer, schedule, scaler, nullcontext(), 0.0, weight)
+    loss, _ = stepper.backward(window)
+    got = _grads(model)
+    # By hand: the last token's loss, plus each review's mean over its real positions.
+    out = model(ids, lengths)
+    every = model.head(model.states(ids, lengths)).squeeze(-1)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    by_hand = bce(out, labels, reduction="sum")
+    for row in range(len(ids)):
+        n = max(int(lengths[row]), 1)
+        targets = labels[row].expand(n)
+        by_hand = by_hand + weight * bce(every[row, :n], targets, reduction="mean")
+    (by_hand / len(ids)).backward()
+    expected = _grads(model)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+    # The loss reported (train/loss) stays the verdict's, comparable with runs without it.
+    torch.testing.assert_close(loss, bce(out, labels, reduction="sum").detach().float())
+
+
+def test_the_verdict_at_the_last_real_position_is_the_review_s_verdict():
+    model = make_model().eval()
+    ids, lengths = torch.randint(2, 50, (4, 9)), torch.tensor([9, 3, 1, 6])
+    with torch.no_grad():
+        verdict, every = model(ids, lengths, every_position=True)
+    torch.testing.assert_close(every[torch.arange(4), lengths - 1], verdict)
+
+
+def test_crops_are_stretches_of_each_review_s_own_words():
+    from zimdb.batching import crop
+
+    torch.manual_seed(0)
+    lengths = torch.randint(1, 60, (400,))
+    ids = torch.where(torch.arange(60) < lengths[:, None], torch.arange(2, 62).expand(400, 60), 0)
+    cropped, sizes = crop(ids, lengths, share=0.5, min_words=5)
+    changed = sizes != lengths
+    assert 0.3 < changed.float().mean() < 0.5  # half chosen; a few draw their whole review
+    assert (sizes >= lengths.clamp(max=5)).all() and (sizes <= lengths).all()
+    for row in range(400):
+        n, words = int(sizes[row]), cropped[row]
+        assert (words[n:] == 0).all()  # padding after the stretch
+        start = int(words[0]) - 2 if n else 0
+        assert words[:n].tolist() == list(range(2 + start, 2 + start + n))  # contiguous, own
+        assert start + n <= int(lengths[row])
+    unchanged, same = crop(ids, lengths, share=0.0, min_words=5)
+    assert torch.equal(unchanged, ids) and torch.equal(same, lengths)

@@ -98,7 +98,7 @@ def test_a_nan_loss_skips_the_step_too(monkeypatch):
     stepper = scaled_bf16()
     before = weights(stepper)
     forward = SentimentLSTM.forward
-    monkeypatch.setattr(SentimentLSTM, "forward", lambda *a: forward(*a) * float("nan"))
+    monkeypatch.setattr(SentimentLSTM, "forward", lambda *a, **kw: forward(*a, **kw) * float("nan"))
     loss, _ = stepper.step(window())
     assert torch.isnan(loss) and torch.equal(weights(stepper), before)
     assert stepper.scaler.get_scale() == SCALE * 0.5

@@ -92,10 +92,16 @@ def saved_epochs(root) -> int:
 EPOCHS = 3
 
 
-@pytest.fixture(scope="module", params=["fp32", "bf16"])
+SHORT_TEXTS = {"train.position_loss": 0.5, "train.crop_share": 0.3}  # random crops, resumed too
+
+
+@pytest.fixture(scope="module", params=["fp32", "bf16", "fp32+short"])
 def uninterrupted(request, tmp_path_factory):
-    """A whole run in each precision (bf16 is emulated, and slow, on a CPU without it)."""
-    precision = {"train.epochs": EPOCHS, "train.precision": request.param}
+    """A whole run in each precision (bf16 is emulated, and slow, on a CPU without it), and
+    one that also trains on random crops with a loss at every position."""
+    name = request.param.split("+")[0]
+    precision = {"train.epochs": EPOCHS, "train.precision": name}
+    precision |= SHORT_TEXTS if "short" in request.param else {}
     root = workdir(tmp_path_factory.mktemp("whole"), "whole", **precision)
     train_here(root)
     return root, precision
@@ -171,9 +177,9 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
     monkeypatch.chdir(root)
     forward, calls = SentimentLSTM.forward, []
 
-    def poisoned(self, ids, lengths):  # the 3rd micro-batch, in the 2nd window, yields NaN
+    def poisoned(self, ids, lengths, **kw):  # the 3rd micro-batch, in the 2nd window: NaN
         calls.append(1)
-        out = forward(self, ids, lengths)
+        out = forward(self, ids, lengths, **kw)
         return out * float("nan") if len(calls) == 3 else out
 
     monkeypatch.setattr(SentimentLSTM, "forward", poisoned)
@@ -308,3 +314,14 @@ def test_model_file_keeps_the_encode_settings_the_run_started_with(tmp_path, mon
     monkeypatch.setattr(train_stage, "train_and_validate", edit_params_mid_run)
     train_here(root)
     assert ModelFile.load(root / MODEL).max_len == 40  # what data/encoded was made with
+
+
+def test_position_loss_without_a_running_verdict_is_one_line(tmp_path):
+    from zimdb.errors import PipelineError
+
+    root = workdir(tmp_path, "bidi", **{"train.position_loss": 0.5, "train.bidirectional": True})
+    with (
+        contextlib.chdir(root),
+        pytest.raises(PipelineError, match=r"train.position_loss=0.5 needs a verdict at every"),
+    ):
+        train_stage.main()

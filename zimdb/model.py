@@ -141,8 +141,10 @@ class SentimentLSTM(nn.Module):
         self.head = nn.Linear(config.hidden_dim * dirs, 1)
         self.grad_checkpointing = False
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Logits [batch] for token ids [batch, time] with `lengths` real tokens per row."""
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, every_position: bool = False):
+        """Logits [batch] for token ids [batch, time] with `lengths` real tokens per row; with
+        `every_position`, also the head's logit at every position [batch, time]: the verdict
+        had the review ended there (for one direction pooling its last state)."""
         lengths = lengths.clamp(min=1)  # an empty review is read as its single PAD
         h = self.states(ids, lengths)
         if self.config.pooling == "max":
@@ -154,7 +156,10 @@ class SentimentLSTM(nn.Module):
             pooled = torch.cat(
                 [last[:, : self.config.hidden_dim], h[:, 0, self.config.hidden_dim :]], dim=-1
             )
-        return self.head(self.dropout(pooled)).squeeze(-1)
+        logits = self.head(self.dropout(pooled)).squeeze(-1)
+        if not every_position:
+            return logits
+        return logits, self.head(h).squeeze(-1)
 
     def states(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The last layer's outputs [batch, time, directions x hidden_dim] at every position."""

@@ -55,6 +55,9 @@ class Train(Section):
     dropout: float = Field(ge=0, lt=1)
     forget_bias: float
     word_dropout: float = Field(ge=0, lt=1)
+    position_loss: float = Field(ge=0)
+    crop_share: float = Field(ge=0, le=1)
+    crop_min: int = Field(ge=1)
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
@@ -96,7 +99,12 @@ def describe(field: FieldInfo) -> str:
     if typing.get_origin(field.annotation) is Literal:
         return "one of " + ", ".join(repr(c) for c in typing.get_args(field.annotation))
     name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    bounds = {annotated_types.Gt: ">", annotated_types.Ge: ">=", annotated_types.Lt: "<"}
+    bounds = {
+        annotated_types.Gt: ">",
+        annotated_types.Ge: ">=",
+        annotated_types.Lt: "<",
+        annotated_types.Le: "<=",
+    }
     limits = [
         f"{sign} {getattr(m, kind.__name__.lower())}"
         for m in field.metadata

@@ -28,6 +28,17 @@ def lr_factor(schedule: str, steps: int) -> Callable[[int], float]:
     return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
 
 
+def position_loss(every: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The review's label as the target of the head at each of its real positions: the loss
+    averaged over a review's positions, summed over reviews. A model trained on whole reviews
+    alone has never been asked for a verdict a few words in, which is what a short text and the
+    page's running verdict ask of it."""
+    real = torch.arange(every.shape[1], device=every.device) < lengths.clamp(min=1)[:, None]
+    targets = labels[:, None].expand_as(every)
+    each = F.binary_cross_entropy_with_logits(every.float(), targets, reduction="none")
+    return ((each * real).sum(dim=1) / real.sum(dim=1)).sum()
+
+
 @dataclass
 class Stepper:
     model: torch.nn.Module  # the DDP wrapper when data-parallel
@@ -36,9 +47,11 @@ class Stepper:
     scaler: torch.amp.GradScaler
     autocast: object  # the run's one precision context
     grad_clip: float
+    position_loss: float = 0.0  # weight of the loss at every position (train.position_loss)
 
     def backward(self, window: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients of the window's mean loss; its summed loss and correct count, on device."""
+        """Gradients of the window's mean loss; its summed loss at the reviews' last tokens
+        (what the verdict reads) and correct count, on device."""
         size = sum(len(labels) for _, _, labels in window)
         loss_sum = torch.zeros((), device=window[0][2].device)
         correct = torch.zeros((), device=loss_sum.device, dtype=torch.long)
@@ -48,9 +61,13 @@ class Stepper:
                 # once per window, on its last micro-batch, is all the optimizer needs.
                 self.model.require_backward_grad_sync = i == len(window) - 1
             with self.autocast:
-                out = self.model(ids, lengths)
+                out = self.model(ids, lengths, every_position=bool(self.position_loss))
+            out, every = out if self.position_loss else (out, None)
             loss = F.binary_cross_entropy_with_logits(out.float(), labels, reduction="sum")
-            self.scaler.scale(loss / size).backward()
+            total = loss
+            if every is not None:
+                total = loss + self.position_loss * position_loss(every, lengths, labels)
+            self.scaler.scale(total / size).backward()
             loss_sum += loss.detach()
             correct += ((out > 0) == (labels > 0.5)).sum()
         return loss_sum, correct
