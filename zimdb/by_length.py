@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from zimdb import text
 from zimdb.verdict import THRESHOLD
 
-CUTS = (10, 20, 40, 80)  # words kept of each review
+CUTS = (10, 20, 40)  # words kept of each review: short texts, as people type on the page
 # Whole reviews by their number of words: [low, high); an LSTM reads the last max_len of them.
 BUCKETS = ((1, 100), (100, 200), (200, 400), (400, None))
 
