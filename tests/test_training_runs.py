@@ -194,6 +194,22 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
     assert not (root / "data/model.pt").exists()
 
 
+def test_utilisation_is_read_against_the_highest_peak_reading_so_far(tmp_path, monkeypatch):
+    root = workdir(tmp_path, "peak", **{"train.epochs": 3, "train.precision": "fp32"})
+    monkeypatch.chdir(root)
+    readings = iter([2e9, 1e9, 4e9, 3e9])  # at the start, then after each epoch
+    monkeypatch.setattr(train_stage, "peak_flops", lambda device, dtype: next(readings))
+    train_stage.main()
+    history = json.loads((root / "dvclive/train/metrics.json").read_text())
+    assert history["step"] == 3
+    rows = (root / "dvclive/train/plots/metrics/utilisation.tsv").read_text().splitlines()[1:]
+    gflops = (root / "dvclive/train/plots/metrics/gflops.tsv").read_text().splitlines()[1:]
+    for row, speed, peak in zip(rows, gflops, (2e9, 4e9, 4e9), strict=True):
+        assert float(row.split("\t")[-1]) == pytest.approx(
+            float(speed.split("\t")[-1]) * 1e9 / peak
+        )
+
+
 def test_shards_are_disjoint_equal_and_change_with_the_epoch_order():
     batches = list(range(11))
     shards = [distributed.shard(batches, distributed.Group(r, r, 3)) for r in range(3)]
