@@ -133,7 +133,7 @@ def setup() -> Run:
             + ("" if device.type == "cuda" else " (CUDA only)")
             + (f"; peak {peak / 1e9:.0f} GFLOP/s" if peak else "")
             + (
-                " (a square matmul, now and after each epoch)"
+                " (a square matmul, measured now and after each epoch)"
                 if peak and device.type == "cpu"
                 else ""
             )

@@ -250,8 +250,8 @@ def test_the_train_log_starts_with_the_precision_and_why(tmp_path):
     chosen = for_training("auto", CPU, KEY)
     assert first.startswith(f"precision {chosen.name} ({chosen.why}); device cpu x 1")
     assert torch.tensor([1e-39]).mul(1.0).item() == 0.0  # the stage flushed denormals
-    # Utilisation against a matmul measured now, in the run's precision.
-    assert "GFLOP/s (a square matmul, measured now)" in first
+    # Utilisation against a matmul measured now and after each epoch, in the run's precision.
+    assert "GFLOP/s (a square matmul, measured now and after each epoch)" in first
     assert ModelFile.load(root / "data/model.pt").precision == chosen.name
 
 
