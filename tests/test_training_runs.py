@@ -147,6 +147,27 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, uninterrupted, sig)
         ]
 
 
+def test_ctrl_c_inside_a_progress_bar_s_constructor_prints_no_traceback():
+    # Seen in CI: SIGINT landed in the next epoch's tqdm(), and the half-built bar's __del__
+    # printed an AttributeError traceback after "interrupted".
+    script = """
+import tqdm
+from zimdb.errors import run
+
+class Bar(tqdm.tqdm):
+    def __init__(self, *args, **kwargs):
+        self.disable = False  # where tqdm's own __init__ stood, before it set self.pos
+        raise KeyboardInterrupt
+
+run(lambda: Bar(range(3)))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 130
+    assert proc.stderr == "interrupted: nothing was written\n"
+
+
 def test_state_from_other_params_is_not_resumed(tmp_path):
     constant = {"train.lr_schedule": "constant"}
     root = workdir(tmp_path, "p", **constant, **{"train.epochs": 1})

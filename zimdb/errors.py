@@ -20,5 +20,8 @@ def run(main: Callable[[], None]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        # Ctrl-C can land inside a constructor (a progress bar's, each epoch): the half-built
+        # object's finaliser then fails as the interrupt unwinds, a traceback of no use to anyone.
+        sys.unraisablehook = lambda unraisable: None
         print("interrupted: nothing was written", file=sys.stderr)
         sys.exit(130)
