@@ -231,6 +231,18 @@ def test_utilisation_is_read_against_the_highest_peak_reading_so_far(tmp_path, m
         )
 
 
+def test_re_reading_the_peak_between_epochs_leaves_the_model_as_it_was(tmp_path, monkeypatch):
+    overrides = {"train.epochs": 2, "train.dropout": 0.3}  # dropout: draws from torch's RNG
+    measured, constant = (workdir(tmp_path, name, **overrides) for name in ("measured", "const"))
+    monkeypatch.chdir(measured)
+    train_stage.main()
+    monkeypatch.setattr(train_stage, "peak_flops", lambda device, dtype: 1e9)
+    monkeypatch.chdir(constant)
+    train_stage.main()
+    for name, weights in state(measured).items():
+        assert torch.equal(weights, state(constant)[name]), name
+
+
 def test_shards_are_disjoint_equal_and_change_with_the_epoch_order():
     batches = list(range(11))
     shards = [distributed.shard(batches, distributed.Group(r, r, 3)) for r in range(3)]

@@ -38,8 +38,11 @@ GPU_PEAK = {
 def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.2) -> float:
     """FLOP/s of square matmuls in `dtype`, measured now with this process's threads."""
     size = 4096 if device.type == "cuda" else 1024  # on 2 cores, 2048 reads no faster
-    a = torch.rand(size, size, device=device).to(dtype)
-    b = torch.rand(size, size, device=device).to(dtype)
+    # A generator of its own: train re-reads the peak between epochs, where a draw from the
+    # global one would shift dropout's and change the model.
+    own = torch.Generator(device=device).manual_seed(0)
+    a = torch.rand(size, size, device=device, generator=own).to(dtype)
+    b = torch.rand(size, size, device=device, generator=own).to(dtype)
     a @ b  # warm-up: kernel selection and thread pool start
     n, start = 0, time.perf_counter()
     while True:

@@ -16,6 +16,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids, lengths, labels
 
+# A window GradScaler skipped (inf or NaN gradients) still counts as a step of the schedule, so
+# the schedule ends where it was planned to; torch takes that for a misordered call and warns.
+warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
+
 
 def lr_factor(schedule: str, steps: int) -> Callable[[int], float]:
     """train.lr's multiplier at each optimizer step: 1, or a cosine from 1 down to 0 at `steps`."""
@@ -76,10 +80,6 @@ class Stepper:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        with warnings.catch_warnings():
-            # A window GradScaler skipped (inf or NaN gradients) still counts as a step of the
-            # schedule, so it ends where planned; torch takes that for a misordered call.
-            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
-            self.schedule.step()
+        self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum, correct
