@@ -2,6 +2,8 @@
 it, predict and the service scoring with it, and accuracy by length computed alike for both."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -11,6 +13,7 @@ from fastapi.testclient import TestClient
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import make_pipeline
 
+from tests.conftest import ROOT
 from tests.test_pipeline import predict
 from zimdb import by_length, scorer
 from zimdb.baseline import NAME, Baseline
@@ -111,3 +114,13 @@ def test_length_rows_and_metrics_name_every_cut_and_group():
         "by_length/whole_400+": 1.0,
     }
     assert [r["words"] for r in rows if r["read"] == "whole reviews"] == [3, 150, 450]
+
+
+def test_predict_and_serve_import_scikit_learn_only_for_a_baseline():
+    # scikit-learn and skops add about 3 s to their start, which the LSTM never needs.
+    script = "import sys, zimdb.predict, zimdb.serve; print(sorted({'sklearn', 'skops'} & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

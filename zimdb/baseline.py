@@ -26,14 +26,6 @@ from zimdb.params import Baseline as BaselineParams
 NAME = "TF-IDF + logistic regression"
 
 
-def is_baseline_file(path: Path) -> bool:
-    """Whether `path` is a skops file (a zip archive with skops' schema.json), not model.pt."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return "schema.json" in archive.namelist()
-
-
 @dataclass
 class Baseline:
     pipeline: Pipeline

@@ -6,7 +6,6 @@ import pandas as pd
 import torch
 
 from zimdb import text
-from zimdb.baseline import Baseline
 from zimdb.model import ModelConfig
 from zimdb.scorer import Scorer
 from zimdb.trained_model import TrainedModel
@@ -38,7 +37,7 @@ def has_running_verdict(config: ModelConfig) -> bool:
 
 def running_note(model: Scorer) -> str | None:
     """Why `model` has no running verdict, for the page; None where it has one."""
-    if isinstance(model, Baseline):
+    if not isinstance(model, TrainedModel):  # the baseline
         return (
             f"No running verdict: {model.describe()} reads a review as a bag of word n-grams, "
             "with no state after each word."
@@ -58,7 +57,7 @@ def running_note(model: Scorer) -> str | None:
 
 
 def read(model: Scorer, review: str) -> Reading:
-    if isinstance(model, Baseline):
+    if not isinstance(model, TrainedModel):  # the baseline: no state after each word
         words = text.split_words(text.clean(pd.Series([review], dtype=object)))[0].to_pylist()
         probability = float(model.probabilities(pd.Series([review], dtype=object))[0])
         unknown = [w not in model.unigrams for w in words]

@@ -2,19 +2,40 @@
 serve). The LSTM's model.pt and the baseline's .skops are both zip archives; skops' holds a
 schema.json."""
 
+import zipfile
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
+import pandas as pd
 import torch
 
-from zimdb.baseline import Baseline, is_baseline_file
 from zimdb.trained_model import TrainedModel
 
-Scorer = TrainedModel | Baseline  # each has probabilities(texts, batch_size) and describe()
+
+class Scorer(Protocol):
+    """What predict and serve use of a model: TrainedModel and zimdb.baseline.Baseline."""
+
+    def probabilities(self, texts: pd.Series, batch_size: int) -> np.ndarray: ...
+
+    def describe(self) -> str: ...
+
+
+def is_baseline_file(path: Path) -> bool:
+    """Whether `path` is a skops file (a zip archive with skops' schema.json), not model.pt."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return "schema.json" in archive.namelist()
 
 
 def load(path: str | Path, device: torch.device | str = "cpu") -> Scorer:
     """The model in `path` (the LSTM on `device`; the baseline runs on the CPU)."""
     path = Path(path)
     if path.is_file() and is_baseline_file(path):
+        # Imported only for a baseline: scikit-learn and skops add about 3 s to the start of
+        # predict and serve, which scoring with the LSTM never needs.
+        from zimdb.baseline import Baseline
+
         return Baseline.load(path)
     return TrainedModel.load(path, device)
