@@ -13,6 +13,7 @@ from zimdb.artifacts import read_table
 from zimdb.baseline import NAME, Baseline
 from zimdb.errors import run
 from zimdb.paths import BASELINE, BASELINE_LIVE, CLEAN
+from zimdb.verdict import predicted
 
 COLUMNS = {"text": "str", "label": "iu"}
 
@@ -24,7 +25,7 @@ def main() -> None:
         for split in ("train", "val", "test")
     )
     model = Baseline.build(p).fit(train.text, train.label.to_numpy())
-    val_acc = evaluation.scores(val.label.to_numpy(), model.probabilities(val.text))["accuracy"]
+    val_acc = float((predicted(model.probabilities(val.text)) == val.label.to_numpy()).mean())
     prob = model.probabilities(test.text)
     with Live(str(BASELINE_LIVE), dvcyaml=None, save_dvc_exp=False) as live:
         scores = evaluation.log(

@@ -8,17 +8,18 @@ data/predictions/test.parquet.
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from dvclive import Live
 
 from zimdb import evaluation, params
 from zimdb.artifacts import read_encoded, read_table, write_table
 from zimdb.batching import Encoded
 from zimdb.device import resolve
-from zimdb.errors import run
+from zimdb.errors import PipelineError, run
 from zimdb.inference import logits
 from zimdb.paths import CLEAN, ENCODED, EVALUATE_LIVE, MODEL, PREDICTIONS
 from zimdb.trained_model import TrainedModel
-from zimdb.verdict import CLASSES, THRESHOLD
+from zimdb.verdict import CLASSES, predicted
 
 NAME = "LSTM"
 
@@ -28,13 +29,27 @@ def main() -> None:
     device = resolve(p.device, "params.yaml: evaluate.device")
     trained = TrainedModel.load(MODEL, device)
     test = Encoded.from_records(read_encoded(ENCODED / "test.npy", len(trained.vocab)), device)
-    cleaned = read_table(CLEAN / "test.parquet", "clean", {"text": "str"}).text  # same rows
-    prob = torch.sigmoid(logits(trained.model, test, p.batch_size, trained.autocast()))
-    prob, y = prob.cpu().numpy(), test.labels.cpu().numpy().astype(int)
-    pred = (prob > THRESHOLD).astype(int)
+    # The cut reviews are scored from the clean text, the rest from the encoded ids: one table.
+    clean = read_table(CLEAN / "test.parquet", "clean", {"text": "str", "label": "iu"})
+    y = test.labels.cpu().numpy().astype(int)
+    if len(clean) != len(y) or (clean.label.to_numpy() != y).any():
+        raise PipelineError(
+            f"{CLEAN / 'test.parquet'} and {ENCODED / 'test.npy'} hold different reviews; "
+            "rerun `uv run dvc repro encode`"
+        )
+    test_logits = logits(trained.model, test, p.batch_size, trained.autocast())
+    loss = F.binary_cross_entropy_with_logits(test_logits, test.labels).item()
+    prob = torch.sigmoid(test_logits).cpu().numpy()
+    pred = predicted(prob)
     with Live(str(EVALUATE_LIVE), dvcyaml=None, save_dvc_exp=False) as live:
         scores = evaluation.log(
-            live, NAME, cleaned, y, prob, lambda texts: trained.probabilities(texts, p.batch_size)
+            live,
+            NAME,
+            clean.text,
+            y,
+            prob,
+            lambda texts: trained.probabilities(texts, p.batch_size),
+            loss,
         )
         live.log_sklearn_plot("confusion_matrix", CLASSES[y], CLASSES[pred])
     write_table(pd.DataFrame({"label": y, "probability": prob, "prediction": pred}), PREDICTIONS)

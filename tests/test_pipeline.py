@@ -5,6 +5,7 @@ import contextlib
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -180,6 +181,24 @@ def test_predict_equals_what_evaluate_computed(built):
     assert out.text.tolist() == raw.text.iloc[rows].tolist()
     np.testing.assert_allclose(out.probability, evaluated.probability.iloc[rows], atol=1e-6)
     assert (out.label == np.where(out.probability > 0.5, "positive", "negative")).all()
+
+
+def test_evaluate_refuses_clean_and_encoded_tests_of_other_reviews(built, tmp_path):
+    root, _ = built
+    copy = tmp_path / "project"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".dvc", ".git"))
+    clean = copy / "data/clean/test.parquet"
+    table = pd.read_parquet(clean)
+    table.loc[0, "label"] = 1 - table.loc[0, "label"]
+    table.to_parquet(clean)
+    metrics = (copy / "dvclive/evaluate/metrics.json").read_bytes()
+    result = run([sys.executable, "-m", "stages.evaluate"], copy, check=False)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: data/clean/test.parquet and data/encoded/test.npy hold different reviews; "
+        "rerun `uv run dvc repro encode`\n"
+    )
+    assert (copy / "dvclive/evaluate/metrics.json").read_bytes() == metrics
 
 
 def test_predict_arguments_and_txt_file(built):

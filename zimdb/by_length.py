@@ -14,16 +14,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from zimdb import text
-from zimdb.verdict import THRESHOLD
+from zimdb.verdict import predicted
 
 CUTS = (10, 20, 40)  # words kept of each review: short texts, as people type on the page
 # Whole reviews by their number of words: [low, high); an LSTM reads the last max_len of them.
 BUCKETS = ((1, 100), (100, 200), (200, 400), (400, None))
 
 
-def cut(cleaned: pd.Series, k: int, end: str) -> pd.Series:
-    """The first or last `k` words of each cleaned review (all of a shorter one)."""
-    flat, counts = text.split_words(cleaned)
+def cut(cleaned: pd.Series, k: int, end: str, words=None) -> pd.Series:
+    """The first or last `k` words of each cleaned review (all of a shorter one); `words` is
+    text.split_words(cleaned) where the caller has it already."""
+    flat, counts = text.split_words(cleaned) if words is None else words
     position = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
     keep = position < k if end == "first" else position >= np.repeat(counts - k, counts)
     offsets = np.concatenate([[0], np.cumsum(np.minimum(counts, k))]).astype(np.int32)
@@ -40,41 +41,49 @@ def rows(
 ) -> list[dict]:
     """The chart's rows for `model`: its accuracy on every cut (scored now with `score`, which
     gives P(positive) of cleaned texts) and on every bucket of whole reviews (`probability`, its
-    scores of the whole reviews). `words` is k, or a bucket's median length."""
+    scores of the whole reviews). `words` is k, or a bucket's median length; `metric` the name
+    metrics() logs it under."""
+    words = text.split_words(cleaned)
     out = []
     for end in ("first", "last"):
         for k in CUTS:
-            kept = score(cut(cleaned, k, end))
+            kept = score(cut(cleaned, k, end, words))
             what = f"the {end} {k} words of every review"
-            out.append(_row(model, f"{end} k words", k, what, kept, labels))
-    lengths = text.split_words(cleaned)[1]
+            out.append(_row(model, f"{end} k words", k, what, f"{end}_{k}", kept, labels))
+    lengths = words[1]
     for low, high in BUCKETS:
         inside = (lengths >= low) & (lengths < (high or np.inf))
         if inside.any():
-            what = (
-                f"whole reviews of {low}-{high - 1} words"
-                if high
-                else f"whole reviews of {low}+ words"
-            )
-            words = int(np.median(lengths[inside]))
+            span = f"{low}-{high - 1}" if high else f"{low}+"
+            what, metric = f"whole reviews of {span} words", f"whole_{span}"
+            median = int(np.median(lengths[inside]))
             out.append(
-                _row(model, "whole reviews", words, what, probability[inside], labels[inside])
+                _row(
+                    model,
+                    "whole reviews",
+                    median,
+                    what,
+                    metric,
+                    probability[inside],
+                    labels[inside],
+                )
             )
     return out
 
 
-def _row(model, read, words, what, probability, labels) -> dict:
+def _row(model, read, words, what, metric, probability, labels) -> dict:
     """One point of the chart. Every row has the same keys: DVC drops rows that differ."""
-    accuracy = float(((probability > THRESHOLD) == (labels == 1)).mean())
-    return {"model": model, "read": read, "words": words, "accuracy": accuracy, "what": what}
+    accuracy = float((predicted(probability) == labels).mean())
+    return {
+        "model": model,
+        "read": read,
+        "words": words,
+        "accuracy": accuracy,
+        "what": what,
+        "metric": metric,
+    }
 
 
 def metrics(chart_rows: list[dict]) -> dict[str, float]:
     """by_length/first_10, by_length/last_10, ..., by_length/whole_100-199, ... for dvclive."""
-    named = {}
-    for row in chart_rows:
-        if row["read"] == "whole reviews":  # "whole reviews of 100-199 words" -> whole_100-199
-            named[f"by_length/whole_{row['what'].split()[3]}"] = row["accuracy"]
-        else:
-            named[f"by_length/{row['read'].split()[0]}_{row['words']}"] = row["accuracy"]
-    return named
+    return {f"by_length/{row['metric']}": row["accuracy"] for row in chart_rows}

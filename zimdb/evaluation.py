@@ -10,17 +10,22 @@ from dvclive import Live
 from sklearn import metrics
 
 from zimdb import by_length
-from zimdb.verdict import THRESHOLD
+from zimdb.verdict import predicted
 
 
-def scores(labels: np.ndarray, probability: np.ndarray) -> dict[str, float]:
-    predicted = (probability > THRESHOLD).astype(int)
+def scores(
+    labels: np.ndarray, probability: np.ndarray, loss: float | None = None
+) -> dict[str, float]:
+    """The test metrics; `loss` is the mean cross-entropy where the model has it exactly (from
+    its logits), else it is taken from `probability`, which float32 rounds to 0 or 1 for a
+    confident review."""
+    verdict = predicted(probability)
     return {
-        "loss": metrics.log_loss(labels, probability, labels=[0, 1]),
-        "accuracy": metrics.accuracy_score(labels, predicted),
-        "precision": metrics.precision_score(labels, predicted, zero_division=0),
-        "recall": metrics.recall_score(labels, predicted, zero_division=0),
-        "f1": metrics.f1_score(labels, predicted, zero_division=0),
+        "loss": metrics.log_loss(labels, probability, labels=[0, 1]) if loss is None else loss,
+        "accuracy": metrics.accuracy_score(labels, verdict),
+        "precision": metrics.precision_score(labels, verdict, zero_division=0),
+        "recall": metrics.recall_score(labels, verdict, zero_division=0),
+        "f1": metrics.f1_score(labels, verdict, zero_division=0),
         "roc_auc": metrics.roc_auc_score(labels, probability),
     }
 
@@ -32,13 +37,14 @@ def log(
     labels: np.ndarray,
     probability: np.ndarray,
     score: Callable[[pd.Series], np.ndarray],
+    loss: float | None = None,
 ) -> dict[str, float]:
     """`model`'s test metrics, ROC curve and accuracy by length into `live`; the metrics.
 
     `probability` is its P(positive) of each whole cleaned review, `score` gives it for any
-    cleaned texts (the reviews cut short)."""
+    cleaned texts (the reviews cut short); `loss` as scores() takes it."""
     chart = by_length.rows(model, cleaned, labels, probability, score)
-    logged = scores(labels, probability) | by_length.metrics(chart)
+    logged = scores(labels, probability, loss) | by_length.metrics(chart)
     for name, value in logged.items():
         live.log_metric(name, value, plot=False)
     fpr, tpr, threshold = metrics.roc_curve(labels, probability, drop_intermediate=True)
