@@ -92,16 +92,16 @@ def saved_epochs(root) -> int:
 EPOCHS = 3
 
 
-SHORT_TEXTS = {"train.position_loss": 0.5, "train.crop_share": 0.3}  # random crops, resumed too
+# On top of params.yaml's train section (a loss at every position): without it, or with crops.
+VARIANTS = {"last-token-loss": {"train.position_loss": 0.0}, "crops": {"train.crop_share": 0.3}}
 
 
-@pytest.fixture(scope="module", params=["fp32", "bf16", "fp32+short"])
+@pytest.fixture(scope="module", params=["fp32+last-token-loss", "bf16", "fp32+crops"])
 def uninterrupted(request, tmp_path_factory):
-    """A whole run in each precision (bf16 is emulated, and slow, on a CPU without it), and
-    one that also trains on random crops with a loss at every position."""
-    name = request.param.split("+")[0]
-    precision = {"train.epochs": EPOCHS, "train.precision": name}
-    precision |= SHORT_TEXTS if "short" in request.param else {}
+    """A whole run in each precision (bf16 is emulated, and slow, on a CPU without it), one
+    with the loss at the last token alone, and one on random crops, each resumed in the tests."""
+    name, _, variant = request.param.partition("+")
+    precision = {"train.epochs": EPOCHS, "train.precision": name} | VARIANTS.get(variant, {})
     root = workdir(tmp_path_factory.mktemp("whole"), "whole", **precision)
     train_here(root)
     return root, precision
