@@ -155,6 +155,7 @@ def project_train(
         precision.grad_scaler(),
         precision.autocast(),
         p.grad_clip,
+        p.position_loss,
     )
     batches = batch_indices(train.lengths_np, p.batch_size, np.random.default_rng(0))[:steps]
     seen = tokens = 0

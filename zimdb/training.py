@@ -47,7 +47,7 @@ class Stepper:
     scaler: torch.amp.GradScaler
     autocast: object  # the run's one precision context
     grad_clip: float
-    position_loss: float = 0.0  # weight of the loss at every position (train.position_loss)
+    position_weight: float = 0.0  # of the loss at every position (train.position_loss)
 
     def backward(self, window: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of the window's mean loss; its summed loss at the reviews' last tokens
@@ -61,12 +61,13 @@ class Stepper:
                 # once per window, on its last micro-batch, is all the optimizer needs.
                 self.model.require_backward_grad_sync = i == len(window) - 1
             with self.autocast:
-                out = self.model(ids, lengths, every_position=bool(self.position_loss))
-            out, every = out if self.position_loss else (out, None)
+                out = self.model(ids, lengths, every_position=bool(self.position_weight))
+            if self.position_weight:
+                out, every = out
             loss = F.binary_cross_entropy_with_logits(out.float(), labels, reduction="sum")
             total = loss
-            if every is not None:
-                total = loss + self.position_loss * position_loss(every, lengths, labels)
+            if self.position_weight:
+                total = loss + self.position_weight * position_loss(every, lengths, labels)
             self.scaler.scale(total / size).backward()
             loss_sum += loss.detach()
             correct += ((out > 0) == (labels > 0.5)).sum()
