@@ -2,8 +2,7 @@
 
 Mixed precision by train.precision (fp16 autocast with GradScaler on CUDA, bf16 on CPUs with
 native bf16), gradient checkpointing of the LSTM layers on CUDA, gradient accumulation over
-train.grad_accum_steps micro-batches, clipping after unscaling, a moving average of the weights
-when train.ema is set (val scores it and model.pt keeps it), a resumable state after every
+train.grad_accum_steps micro-batches, clipping after unscaling, a resumable state after every
 epoch, and data-parallel training when train.nproc_per_node > 1 or when started by torchrun.
 Writes data/model.pt and the curves under dvclive/train.
 """
@@ -19,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from dvclive import Live
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from zimdb import distributed, errors, params
@@ -50,7 +48,6 @@ class Run:
     train: Encoded
     val: Encoded
     model: SentimentLSTM
-    scored: torch.nn.Module  # what val scores and model.pt keeps: the model, or its average
     stepper: Stepper
     state: TrainState
     peak: float | None  # one process's peak FLOP/s in the run's precision
@@ -102,7 +99,6 @@ def setup() -> Run:
     # Recomputation buys GPU memory; a CPU has memory to spare and would only lose time.
     model.grad_checkpointing = p.grad_checkpointing and device.type == "cuda"
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
-    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(p.ema)) if p.ema else None
     batches_per_rank = math.ceil(len(train) / p.batch_size) // group.world_size
     steps = p.epochs * math.ceil(batches_per_rank / p.grad_accum_steps)
     stepper = Stepper(
@@ -115,7 +111,6 @@ def setup() -> Run:
         precision.autocast(),
         p.grad_clip,
         p.position_loss,
-        average,
     )
     # The code too: a state an older model, loop or state layout saved may not fit, or mean the
     # same.
@@ -154,10 +149,7 @@ def setup() -> Run:
             for name, value in logged.items():
                 live.log_metric(name, value)
             live.next_step()
-    scored = average.module if average is not None else model
-    return Run(
-        p, encode, vocab, group, precision, train, val, model, scored, stepper, state, peak, live
-    )
+    return Run(p, encode, vocab, group, precision, train, val, model, stepper, state, peak, live)
 
 
 def check_batches(reviews: int, p: params.Train, processes: int, setting: str) -> None:
@@ -261,7 +253,7 @@ def evaluate_shard(run: Run):
     """Summed val loss and correct count of this process's share; all_sum gives the whole."""
     val, group = run.val, run.group
     shard = np.arange(group.rank, len(val), group.world_size)
-    val_logits = logits(run.scored, val.subset(shard), 4 * run.p.batch_size, run.stepper.autocast)
+    val_logits = logits(run.model, val.subset(shard), 4 * run.p.batch_size, run.stepper.autocast)
     labels = val.labels[torch.from_numpy(shard).to(val.labels.device)]
     loss_sum = F.binary_cross_entropy_with_logits(val_logits, labels, reduction="sum")
     return loss_sum, ((val_logits > 0) == (labels > 0.5)).sum()

@@ -274,31 +274,6 @@ def test_step_clips_the_unscaled_gradients_and_advances_the_schedule():
     assert all(w.grad is None for w in model.parameters())  # ready for the next window
 
 
-def test_the_moving_average_follows_every_step_at_its_decay():
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    data = _data(8)
-    window = [(ids, n, y.double()) for ids, n, y in data.batches([np.arange(8)])]
-    model = make_model().train()
-    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.75))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    stepper = Stepper(model, optimizer, schedule, scaler, nullcontext(), 0.0, 0.0, average)
-
-    def flat(m):
-        return torch.cat([w.detach().flatten().clone() for w in m.parameters()])
-
-    expected = None
-    for _ in range(3):
-        stepper.step(window)
-        now = flat(model)
-        # The first step's weights, then 0.75 of the average and 0.25 of each step's weights.
-        expected = now if expected is None else 0.75 * expected + 0.25 * now
-        torch.testing.assert_close(flat(average.module), expected)
-    assert not torch.equal(flat(average.module), flat(model))
-
-
 def test_position_loss_adds_the_label_at_every_real_position():
     data = _data(6)
     window = [(ids, n, y.double()) for ids, n, y in data.batches([np.arange(6)])]

@@ -92,19 +92,14 @@ def saved_epochs(root) -> int:
 EPOCHS = 3
 
 
-# On top of params.yaml's train section (a loss at every position): without it, or with crops
-# and a moving average of the weights.
-VARIANTS = {
-    "last-token-loss": {"train.position_loss": 0.0},
-    "crops-ema": {"train.crop_share": 0.3, "train.ema": 0.9},
-}
+# On top of params.yaml's train section (a loss at every position): without it, or with crops.
+VARIANTS = {"last-token-loss": {"train.position_loss": 0.0}, "crops": {"train.crop_share": 0.3}}
 
 
-@pytest.fixture(scope="module", params=["fp32+last-token-loss", "bf16", "fp32+crops-ema"])
+@pytest.fixture(scope="module", params=["fp32+last-token-loss", "bf16", "fp32+crops"])
 def uninterrupted(request, tmp_path_factory):
     """A whole run in each precision (bf16 is emulated, and slow, on a CPU without it), one
-    with the loss at the last token alone, and one on random crops with the weights averaged,
-    each resumed in the tests."""
+    with the loss at the last token alone, and one on random crops, each resumed in the tests."""
     name, _, variant = request.param.partition("+")
     precision = {"train.epochs": EPOCHS, "train.precision": name} | VARIANTS.get(variant, {})
     root = workdir(tmp_path_factory.mktemp("whole"), "whole", **precision)
@@ -372,22 +367,6 @@ def test_model_file_keeps_the_encode_settings_the_run_started_with(tmp_path, mon
     monkeypatch.setattr(train_stage, "train_and_validate", edit_params_mid_run)
     train_here(root)
     assert ModelFile.load(root / MODEL).max_len == 40  # what data/encoded was made with
-
-
-def test_with_a_moving_average_val_scores_it_and_model_pt_keeps_it(tmp_path):
-    root = workdir(tmp_path, "ema", **{"train.epochs": 1, "train.ema": 0.9})
-    train_here(root)
-    saved = torch.load(root / TRAIN_STATE, weights_only=True)
-    average = {k.removeprefix("module."): v for k, v in saved["average"].items()}
-    kept = state(root)
-    assert all(torch.equal(kept[k], average[k]) for k in kept)
-    assert not all(torch.equal(kept[k], saved["model"][k]) for k in kept)
-    model = TrainedModel.load(root / MODEL)
-    val = Encoded.from_records(np.load(root / "data/encoded/val.npy"), torch.device("cpu"))
-    val_logits = logits(model.model, val, 64, contextlib.nullcontext())
-    accuracy = ((val_logits > 0) == (val.labels > 0.5)).float().mean().item()
-    summary = json.loads((root / "dvclive/train/metrics.json").read_text())
-    assert accuracy == pytest.approx(summary["best/val_acc"])
 
 
 def test_position_loss_without_a_running_verdict_is_one_line(tmp_path):

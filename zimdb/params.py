@@ -58,7 +58,6 @@ class Train(Section):
     position_loss: float = Field(ge=0)
     crop_share: float = Field(ge=0, le=1)
     crop_min: int = Field(ge=1)
-    ema: float = Field(ge=0, lt=1)
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)

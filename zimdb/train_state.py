@@ -10,9 +10,9 @@ than asked; anything else starts afresh. A state with every epoch done is contin
 model.pt is left to write, so a failure after the last epoch loses none of them. With a constant
 learning rate train.epochs is left out of that comparison, so raising it continues a finished
 run; a cosine schedule is shaped by the number of epochs, so there it counts. Everything that
-decides the next epoch is kept — weights, optimizer, scheduler and scaler state, the weights'
-moving average, both random generators, the best epoch so far and the logged history — so on CPU
-a resumed run ends with the same model as one never interrupted.
+decides the next epoch is kept — weights, optimizer, scheduler and scaler state, both random
+generators, the best epoch so far and the logged history — so on CPU a resumed run ends with the
+same model as one never interrupted.
 """
 
 import hashlib
@@ -36,7 +36,6 @@ LAYOUT = {
     "optimizer",
     "schedule",
     "scaler",
-    "average",
     "numpy_rng",
     "torch_rng",
     "history",
@@ -73,13 +72,10 @@ class TrainState:
         return len(self.history)
 
     def end_epoch(self, metrics: dict) -> None:
-        """Record an epoch; keep its weights if val scored them best (the average's, with one)."""
         self.history.append(metrics)
         if metrics["val/acc"] > self.best_acc:
             self.best_epoch, self.best_acc = self.epoch, metrics["val/acc"]
-            average = self.stepper.average
-            scored = average.module if average is not None else self.model
-            self.best_weights = {k: v.detach().clone() for k, v in scored.state_dict().items()}
+            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def save(self, group: Group, path: Path = TRAIN_STATE) -> None:
         """Every process calls it: rank 0 writes, with each process's random generators."""
@@ -92,9 +88,6 @@ class TrainState:
             "optimizer": self.stepper.optimizer.state_dict(),
             "schedule": self.stepper.schedule.state_dict(),
             "scaler": self.stepper.scaler.state_dict(),
-            "average": self.stepper.average.state_dict()
-            if self.stepper.average is not None
-            else None,
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": rngs,  # per rank: dropout differs between processes
             "history": self.history,
@@ -114,8 +107,6 @@ class TrainState:
         self.stepper.optimizer.load_state_dict(state["optimizer"])
         self.stepper.schedule.load_state_dict(state["schedule"])
         self.stepper.scaler.load_state_dict(state["scaler"])
-        if self.stepper.average is not None:  # the fingerprint holds train.ema: both or neither
-            self.stepper.average.load_state_dict(state["average"])
         self.rng.bit_generator.state = state["numpy_rng"]
         cpu_rng, cuda_rng = state["torch_rng"][group.rank]
         torch.set_rng_state(cpu_rng)

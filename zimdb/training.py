@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.optim.swa_utils import AveragedModel
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids, lengths, labels
 
@@ -49,7 +48,6 @@ class Stepper:
     autocast: object  # the run's one precision context
     grad_clip: float
     position_weight: float = 0.0  # of the loss at every position (train.position_loss)
-    average: AveragedModel | None = None  # of the weights after every step (train.ema)
 
     def backward(self, window: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of the window's mean loss; its summed loss at the reviews' last tokens
@@ -85,6 +83,4 @@ class Stepper:
         self.scaler.update()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.average is not None:
-            self.average.update_parameters(self.model)
         return loss_sum, correct
