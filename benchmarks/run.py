@@ -156,6 +156,7 @@ def project_train(
         precision.autocast(),
         p.grad_clip,
         p.position_loss,
+        p.position_decay,
     )
     batches = batch_indices(train.lengths_np, p.batch_size, np.random.default_rng(0))[:steps]
     seen = tokens = 0

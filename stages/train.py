@@ -111,6 +111,7 @@ def setup() -> Run:
         precision.autocast(),
         p.grad_clip,
         p.position_loss,
+        p.position_decay,
     )
     # The code too: a state an older model, loop or state layout saved may not fit, or mean the
     # same.

@@ -274,7 +274,8 @@ def test_step_clips_the_unscaled_gradients_and_advances_the_schedule():
     assert all(w.grad is None for w in model.parameters())  # ready for the next window
 
 
-def test_position_loss_adds_the_label_at_every_real_position():
+@pytest.mark.parametrize("decay", [0.0, 1.0])
+def test_position_loss_adds_the_label_at_every_real_position(decay):
     data = _data(6)
     window = [(ids, n, y.double()) for ids, n, y in data.batches([np.arange(6)])]
     ((ids, lengths, labels),) = window
@@ -283,10 +284,11 @@ def test_position_loss_adds_the_label_at_every_real_position():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    stepper = Stepper(model, optimizer, schedule, scaler, nullcontext(), 0.0, weight)
+    stepper = Stepper(model, optimizer, schedule, scaler, nullcontext(), 0.0, weight, decay)
     loss, _ = stepper.backward(window)
     got = _grads(model)
-    # By hand: the last token's loss, plus each review's mean over its real positions.
+    # By hand: the last token's loss, plus each review's mean over its real positions, position t
+    # weighted by t**-decay.
     out = model(ids, lengths)
     every = model.head(model.states(ids, lengths)).squeeze(-1)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
@@ -294,7 +296,9 @@ def test_position_loss_adds_the_label_at_every_real_position():
     for row in range(len(ids)):
         n = max(int(lengths[row]), 1)
         targets = labels[row].expand(n)
-        by_hand = by_hand + weight * bce(every[row, :n], targets, reduction="mean")
+        w = torch.tensor([t**-decay for t in range(1, n + 1)], dtype=torch.float64)
+        each = bce(every[row, :n], targets, reduction="none")
+        by_hand = by_hand + weight * (each * w).sum() / w.sum()
     (by_hand / len(ids)).backward()
     expected = _grads(model)
     for name in expected:

@@ -56,6 +56,7 @@ class Train(Section):
     forget_bias: float
     word_dropout: float = Field(ge=0, lt=1)
     position_loss: float = Field(ge=0)
+    position_decay: float = Field(ge=0)
     crop_share: float = Field(ge=0, le=1)
     crop_min: int = Field(ge=1)
     epochs: int = Field(ge=1)
