@@ -35,7 +35,8 @@ def make_model(**kw) -> SentimentLSTM:
     """A small model in float64 without dropout, and with PyTorch's own init unless kw say
     otherwise: exact comparisons of outputs and gradients."""
     torch.manual_seed(0)
-    shape = {"embedding_dim": 8, "hidden_dim": 6, "dropout": 0.0, "forget_bias": 0.0} | kw
+    shape = {"embedding_dim": 8, "hidden_dim": 6, "dropout": 0.0, "word_dropout": 0.0}
+    shape |= {"forget_bias": 0.0} | kw
     return SentimentLSTM(model_config(50, **shape)).double()
 
 

@@ -45,7 +45,9 @@ def window() -> list[tuple[torch.Tensor, ...]]:
 
 def make_stepper(scaler: torch.amp.GradScaler, autocast, grad_clip=0.0, checkpointing=False):
     torch.manual_seed(0)
-    model = SentimentLSTM(model_config(50, embedding_dim=16, hidden_dim=32, dropout=0.0)).train()
+    model = SentimentLSTM(
+        model_config(50, embedding_dim=16, hidden_dim=32, dropout=0.0, word_dropout=0.0)
+    ).train()
     model.grad_checkpointing = checkpointing
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
