@@ -84,6 +84,11 @@ def setup() -> Run:
             f"params.yaml: train.position_loss={p.position_loss} needs a verdict at every "
             "position, which only train.bidirectional false with train.pooling last has"
         )
+    if p.position_decay and not p.position_loss:
+        raise PipelineError(
+            f"params.yaml: train.position_decay={p.position_decay} weighs the loss at every "
+            "position, which train.position_loss 0 leaves out; set one or clear the other"
+        )
     if p.nproc_per_node > 1 and not distributed.launched_by_torchrun():
         sys.exit(distributed.relaunch("stages.train", p.nproc_per_node))
     group = distributed.init(device.type == "cuda")

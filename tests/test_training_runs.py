@@ -378,3 +378,14 @@ def test_position_loss_without_a_running_verdict_is_one_line(tmp_path):
         pytest.raises(PipelineError, match=r"train.position_loss=0.5 needs a verdict at every"),
     ):
         train_stage.main()
+
+
+def test_position_decay_without_the_loss_it_weighs_is_one_line(tmp_path):
+    from zimdb.errors import PipelineError
+
+    root = workdir(tmp_path, "decay", **{"train.position_loss": 0.0, "train.position_decay": 1.0})
+    with (
+        contextlib.chdir(root),
+        pytest.raises(PipelineError, match=r"^params.yaml: train.position_decay=1.0 weighs the"),
+    ):
+        train_stage.main()
