@@ -34,7 +34,7 @@ def main() -> None:
     y = test.labels.cpu().numpy().astype(int)
     if len(clean) != len(y) or (clean.label.to_numpy() != y).any():
         raise PipelineError(
-            f"{CLEAN / 'test.parquet'} and {ENCODED / 'test.npy'} hold different reviews; "
+            f"{CLEAN / 'test.parquet'} and {ENCODED / 'test.npy'} hold different reviews (row counts or labels differ); "
             "rerun `uv run dvc repro encode`"
         )
     test_logits = logits(trained.model, test, p.batch_size, trained.autocast())

@@ -50,7 +50,7 @@ class Run:
     model: SentimentLSTM
     stepper: Stepper
     state: TrainState
-    peak: float | None  # one process's peak FLOP/s in the run's precision
+    peak: float | None  # one process's peak FLOP/s in the run's precision: the highest reading
     live: Live | None  # rank 0's
 
 
@@ -114,9 +114,9 @@ def setup() -> Run:
         torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(p.lr_schedule, steps)),
         precision.grad_scaler(),
         precision.autocast(),
-        p.grad_clip,
-        p.position_loss,
-        p.position_decay,
+        grad_clip=p.grad_clip,
+        position_weight=p.position_loss,
+        position_decay=p.position_decay,
     )
     # The code too: a state an older model, loop or state layout saved may not fit, or mean the
     # same.

@@ -195,7 +195,8 @@ def test_evaluate_refuses_clean_and_encoded_tests_of_other_reviews(built, tmp_pa
     result = run([sys.executable, "-m", "stages.evaluate"], copy, check=False)
     assert result.returncode == 2
     assert result.stderr == (
-        "error: data/clean/test.parquet and data/encoded/test.npy hold different reviews; "
+        "error: data/clean/test.parquet and data/encoded/test.npy hold different reviews "
+        "(row counts or labels differ); "
         "rerun `uv run dvc repro encode`\n"
     )
     assert (copy / "dvclive/evaluate/metrics.json").read_bytes() == metrics

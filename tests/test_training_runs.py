@@ -92,14 +92,19 @@ def saved_epochs(root) -> int:
 EPOCHS = 3
 
 
-# On top of params.yaml's train section (a loss at every position): without it, or with crops.
-VARIANTS = {"last-token-loss": {"train.position_loss": 0.0}, "crops": {"train.crop_share": 0.3}}
+# On top of params.yaml's train section (a loss at every position): without it, or with crops
+# and that loss weighted towards the first words.
+VARIANTS = {
+    "last-token-loss": {"train.position_loss": 0.0},
+    "crops": {"train.crop_share": 0.3, "train.position_decay": 1.0},
+}
 
 
 @pytest.fixture(scope="module", params=["fp32+last-token-loss", "bf16", "fp32+crops"])
 def uninterrupted(request, tmp_path_factory):
     """A whole run in each precision (bf16 is emulated, and slow, on a CPU without it), one
-    with the loss at the last token alone, and one on random crops, each resumed in the tests."""
+    with the loss at the last token alone, and one on random crops with the loss at every
+    position weighted towards the first words, each resumed in the tests."""
     name, _, variant = request.param.partition("+")
     precision = {"train.epochs": EPOCHS, "train.precision": name} | VARIANTS.get(variant, {})
     root = workdir(tmp_path_factory.mktemp("whole"), "whole", **precision)
@@ -166,6 +171,34 @@ run(lambda: Bar(range(3)))
     )
     assert proc.returncode == 130
     assert proc.stderr == "interrupted: nothing was written\n"
+
+
+def test_other_finalisers_failing_after_ctrl_c_are_still_reported():
+    script = """
+import sys
+from zimdb.errors import run
+
+class Temp:
+    def __del__(self):
+        raise OSError("cleanup failed")
+
+def interrupted():
+    raise KeyboardInterrupt
+
+try:
+    run(interrupted)
+except SystemExit as e:
+    code = e.code
+t = Temp()
+del t  # its finaliser fails after the interrupt was handled: not a progress bar's
+sys.exit(code)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 130
+    assert proc.stderr.startswith("interrupted: nothing was written\n")
+    assert "OSError: cleanup failed" in proc.stderr
 
 
 def test_state_from_other_params_is_not_resumed(tmp_path):

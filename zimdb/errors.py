@@ -13,6 +13,11 @@ def one_line(text: str, limit: int = 200) -> str:
     return " ".join(text.split())[:limit]
 
 
+def _quiet_half_built_progress_bars(unraisable) -> None:
+    if not getattr(unraisable.object, "__module__", "").startswith("tqdm"):
+        sys.__unraisablehook__(unraisable)
+
+
 def run(main: Callable[[], None]) -> None:
     try:
         main()
@@ -21,7 +26,8 @@ def run(main: Callable[[], None]) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         # Ctrl-C can land inside a constructor (a progress bar's, each epoch): the half-built
-        # object's finaliser then fails as the interrupt unwinds, a traceback of no use to anyone.
-        sys.unraisablehook = lambda unraisable: None
+        # bar's finaliser then fails as the interrupt unwinds, a traceback of no use to anyone.
+        # Any other finaliser's failure is still reported.
+        sys.unraisablehook = _quiet_half_built_progress_bars
         print("interrupted: nothing was written", file=sys.stderr)
         sys.exit(130)

@@ -32,10 +32,11 @@ def position_loss(
     every: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, decay: float = 0.0
 ) -> torch.Tensor:
     """The review's label as the target of the head at each of its real positions: the loss
-    averaged over a review's positions, position t weighted by t**-decay, summed over reviews. A
-    model trained on whole reviews alone has never been asked for a verdict a few words in,
-    which is what a short text and the page's running verdict ask of it; with decay 0 a
-    review's first ten words are a twenty-fifth of its 250 positions, with decay 1 almost half."""
+    averaged over a review's positions, position t of its encoded words weighted by t**-decay,
+    summed over reviews. A model trained on whole reviews alone has never been asked for a verdict
+    a few words in, which is what a short text and the page's running verdict ask of it; with
+    decay 0 the first ten of 250 positions are a twenty-fifth of it, with decay 1 almost half.
+    (With encode.truncate tail, a review longer than max_len starts mid-review.)"""
     positions = torch.arange(1, every.shape[1] + 1, device=every.device)
     real = positions <= lengths.clamp(min=1)[:, None]
     weights = real * positions.float().pow(-decay)
@@ -68,15 +69,12 @@ class Stepper:
                 self.model.require_backward_grad_sync = i == len(window) - 1
             with self.autocast:
                 out = self.model(ids, lengths, every_position=bool(self.position_weight))
+            every_loss = 0.0
             if self.position_weight:
                 out, every = out
+                every_loss = position_loss(every, lengths, labels, self.position_decay)
             loss = F.binary_cross_entropy_with_logits(out.float(), labels, reduction="sum")
-            total = loss
-            if self.position_weight:
-                total = loss + self.position_weight * position_loss(
-                    every, lengths, labels, self.position_decay
-                )
-            self.scaler.scale(total / size).backward()
+            self.scaler.scale((loss + self.position_weight * every_loss) / size).backward()
             loss_sum += loss.detach()
             correct += ((out > 0) == (labels > 0.5)).sum()
         return loss_sum, correct
