@@ -166,7 +166,7 @@ def accumulation(p, train: Encoded, precision: Precision, vocab_size: int) -> bo
     """4 micro-batches' gradients against one batch of the same reviews (dropout off: the two
     would draw different masks)."""
     device = train.ids.device
-    p = p.model_copy(update={"dropout": 0.0, "word_dropout": 0.0, "weight_dropout": 0.0})
+    p = p.model_copy(update={"dropout": 0.0, "word_dropout": 0.0})
     idx = np.arange(4 * p.batch_size)
     grads = []
     for pieces in (np.split(idx, 4), [idx]):

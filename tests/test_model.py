@@ -1,7 +1,6 @@
 """The model reads each review up to its last real token, and the training arithmetic is exact."""
 
 from contextlib import nullcontext
-from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
@@ -36,13 +35,7 @@ def make_model(**kw) -> SentimentLSTM:
     """A small model in float64 without dropout, and with PyTorch's own init unless kw say
     otherwise: exact comparisons of outputs and gradients."""
     torch.manual_seed(0)
-    shape = {
-        "embedding_dim": 8,
-        "hidden_dim": 6,
-        "dropout": 0.0,
-        "word_dropout": 0.0,
-        "weight_dropout": 0.0,
-    }
+    shape = {"embedding_dim": 8, "hidden_dim": 6, "dropout": 0.0, "word_dropout": 0.0}
     shape |= {"forget_bias": 0.0} | kw
     return SentimentLSTM(model_config(50, **shape)).double()
 
@@ -105,39 +98,6 @@ def test_word_dropout_zeroes_whole_word_vectors_in_training_only():
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(ids, lengths), make_model().eval()(ids, lengths))
-
-
-@pytest.mark.parametrize("arch", ARCHITECTURES[:2])
-@pytest.mark.parametrize("chunk", [0, 3])  # the whole layer at once; checkpointed chunks
-def test_weight_dropout_zeroes_recurrent_weights_per_batch_in_training_only(arch, chunk):
-    model = make_model(**arch, weight_dropout=0.5).train()
-    model.grad_checkpointing = bool(chunk)
-    ids, lengths = torch.randint(2, 50, (8, 9)), torch.full((8,), 9)
-    lstms = [m for m in model.modules() if isinstance(m, torch.nn.LSTM)]
-    with patch("zimdb.model.CHECKPOINT_STEPS", chunk or 1):
-        model(ids, lengths).sum().backward()
-    for lstm in lstms:
-        # A dropped weight has no gradient at any step; the input weights are all kept.
-        grad = lstm.weight_hh_l0.grad
-        assert 0.3 < (grad == 0).float().mean() < 0.7  # 144 draws at p = 0.5
-        assert (lstm.weight_ih_l0.grad != 0).float().mean() > 0.9
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model(ids, lengths), make_model(**arch).eval()(ids, lengths))
-
-
-def test_weight_dropout_is_one_mask_for_every_time_step():
-    model = make_model(weight_dropout=0.5).train()
-    ids, lengths = torch.randint(2, 50, (4, 7)), torch.full((4,), 7)
-    torch.manual_seed(3)
-    dropped = model.layers[0].dropped(model.layers[0].forward_lstm)["weight_hh_l0"]
-    assert 0.3 < (dropped == 0).float().mean() < 0.7
-    # The same draw in training's forward: it reads exactly the net with those weights.
-    reference = make_model()
-    with torch.no_grad():
-        reference.layers[0].forward_lstm.weight_hh_l0.copy_(dropped)
-    torch.manual_seed(3)
-    torch.testing.assert_close(model(ids, lengths), reference(ids, lengths))
 
 
 def test_reverse_within_length_keeps_padding_in_place():

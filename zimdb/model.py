@@ -3,9 +3,7 @@
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 from zimdb.params import Train
@@ -30,7 +28,6 @@ class ModelConfig:
     pooling: str  # last: state at the last real token; max: max over real tokens
     dropout: float
     word_dropout: float
-    weight_dropout: float
     forget_bias: float  # shapes the initial weights only
 
     @classmethod
@@ -56,16 +53,8 @@ class LSTMLayer(nn.Module):
     on CPU).
     """
 
-    def __init__(
-        self,
-        input_dim: int,
-        hidden_dim: int,
-        bidirectional: bool,
-        forget_bias: float,
-        weight_dropout: float,
-    ):
+    def __init__(self, input_dim: int, hidden_dim: int, bidirectional: bool, forget_bias: float):
         super().__init__()
-        self.weight_dropout = weight_dropout
         self.forward_lstm = nn.LSTM(input_dim, hidden_dim, batch_first=True)
         self.backward_lstm = (
             nn.LSTM(input_dim, hidden_dim, batch_first=True) if bidirectional else None
@@ -81,44 +70,31 @@ class LSTMLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, chunk: int = 0) -> torch.Tensor:
         """Outputs at every position; `chunk` > 0 checkpoints every `chunk` time steps."""
-        out = run_lstm(self.forward_lstm, x, chunk, self.dropped(self.forward_lstm))
+        out = run_lstm(self.forward_lstm, x, chunk)
         if self.backward_lstm is None:
             return out
-        reverse = reverse_within_length(x, lengths)
-        back = run_lstm(self.backward_lstm, reverse, chunk, self.dropped(self.backward_lstm))
+        back = run_lstm(self.backward_lstm, reverse_within_length(x, lengths), chunk)
         return torch.cat([out, reverse_within_length(back, lengths)], dim=-1)
 
-    def dropped(self, lstm: nn.LSTM) -> dict[str, torch.Tensor] | None:
-        """In training, `lstm`'s hidden-to-hidden weights with a share zeroed, one draw for the
-        whole batch and every time step (DropConnect, as AWD-LSTM regularises its recurrence,
-        Merity et al., 2017): dropout on the state itself at each step would erase what the
-        state carries along the review."""
-        if not (self.training and self.weight_dropout):
-            return None
-        return {"weight_hh_l0": F.dropout(lstm.weight_hh_l0, self.weight_dropout)}
 
-
-def run_lstm(
-    lstm: nn.LSTM, x: torch.Tensor, chunk: int, weights: dict[str, torch.Tensor] | None = None
-) -> torch.Tensor:
-    """`lstm` over x, with `weights` in place of its own where given; with `chunk`, a
-    checkpointed run per `chunk` steps, (h, c) carried over.
+def run_lstm(lstm: nn.LSTM, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """`lstm` over x; with `chunk`, a checkpointed run per `chunk` steps, (h, c) carried over.
 
     Checkpointing the whole layer stores almost nothing in forward but recomputes all of it at
     once in backward, so the peak stays where it was. Chunks of the time axis are recomputed one
     at a time: only one chunk's activations are alive at once.
     """
     if not chunk:
-        return call_lstm(lstm, x, None, weights)[0]
+        return call_lstm(lstm, x)[0]
     outs, state = [], None
     for piece in x.split(chunk, dim=1):
-        out, state = checkpoint(call_lstm, lstm, piece, state, weights, use_reentrant=False)
+        out, state = checkpoint(call_lstm, lstm, piece, state, use_reentrant=False)
         outs.append(out)
     return torch.cat(outs, dim=1)
 
 
-def call_lstm(lstm: nn.LSTM, x: torch.Tensor, state=None, weights=None):
-    """`lstm(x, state)` with `weights` in place of its own where given, or under CPU bf16 autocast where oneDNN has no bf16 LSTM (a CPU without
+def call_lstm(lstm: nn.LSTM, x: torch.Tensor, state=None):
+    """`lstm(x, state)`, or under CPU bf16 autocast where oneDNN has no bf16 LSTM (a CPU without
     AVX-512), aten's own LSTM on bf16 weights: oneDNN would refuse the call ("could not create a
     primitive descriptor"), and autocast would leave aten's LSTM in fp32. Correct, and slow."""
     emulate = (
@@ -128,13 +104,12 @@ def call_lstm(lstm: nn.LSTM, x: torch.Tensor, state=None, weights=None):
         and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
     if not emulate:
-        return lstm(x, state) if weights is None else functional_call(lstm, weights, (x, state))
-    weights = dict(lstm.named_parameters()) | (weights or {})
-    weights = {name: w.to(torch.bfloat16) for name, w in weights.items()}
+        return lstm(x, state)
+    weights = {name: w.to(torch.bfloat16) for name, w in lstm.named_parameters()}
     state = state and tuple(s.to(torch.bfloat16) for s in state)
     off = {"enabled": False, "deterministic": None, "allow_tf32": None, "fp32_precision": None}
     with torch.backends.mkldnn.flags(**off):
-        return functional_call(lstm, weights, (x.to(torch.bfloat16), state))
+        return torch.func.functional_call(lstm, weights, (x.to(torch.bfloat16), state))
 
 
 class SentimentLSTM(nn.Module):
@@ -155,7 +130,6 @@ class SentimentLSTM(nn.Module):
                 config.hidden_dim,
                 config.bidirectional,
                 config.forget_bias,
-                config.weight_dropout,
             )
             for i in range(config.num_layers)
         )

@@ -55,7 +55,6 @@ class Train(Section):
     dropout: float = Field(ge=0, lt=1)
     forget_bias: float
     word_dropout: float = Field(ge=0, lt=1)
-    weight_dropout: float = Field(ge=0, lt=1)
     position_loss: float = Field(ge=0)
     position_decay: float = Field(ge=0)
     crop_share: float = Field(ge=0, le=1)
