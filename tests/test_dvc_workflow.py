@@ -106,7 +106,7 @@ def test_real_reruns_stop_where_bytes_stop_changing(clean_project):
     root = clean_project
     # An experiment in the workspace: -S edits params.yaml, then DVC reruns what reads the key.
     # train.epochs is set to the value it has: only train.lr changes.
-    exp = dvc("exp", "run", "-S", "train.lr=0.003", "-S", "train.epochs=2", cwd=root)
+    exp = dvc("exp", "run", "-S", "train.lr=0.001", "-S", "train.epochs=2", cwd=root)
     assert ran(exp) == {"train", "evaluate"}
 
     diff = json.loads(dvc("params", "diff", "--json", cwd=root).stdout)
@@ -115,7 +115,7 @@ def test_real_reruns_stop_where_bytes_stop_changing(clean_project):
         diff["params.yaml"]["train.lr"]["old"]
         == yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["lr"]
     )
-    assert diff["params.yaml"]["train.lr"]["new"] == 0.003
+    assert diff["params.yaml"]["train.lr"]["new"] == 0.001
     metrics = json.loads(dvc("metrics", "diff", "--json", cwd=root).stdout)
     loss = metrics["dvclive/evaluate/metrics.json"]["loss"]  # only changed metrics are listed
     assert loss["new"] != loss["old"]
@@ -129,13 +129,13 @@ def test_real_reruns_stop_where_bytes_stop_changing(clean_project):
 
     # download.dataset is not used with source aclimdb: download reruns, writes the same bytes,
     # and DVC stops there.
-    write_params(root, **(SMALL | {"train.lr": 0.003, "download.dataset": "other"}))
+    write_params(root, **(SMALL | {"train.lr": 0.001, "download.dataset": "other"}))
     result = dvc("repro", cwd=root)
     assert ran(result) == {"download"}
     assert "Stage 'clean' didn't change, skipping" in result.stdout
 
     write_params(
-        root, **(SMALL | {"train.lr": 0.003, "download.dataset": "other", "split.seed": 7})
+        root, **(SMALL | {"train.lr": 0.001, "download.dataset": "other", "split.seed": 7})
     )
     assert ran(dvc("repro", cwd=root)) == {
         "clean",

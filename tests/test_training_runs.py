@@ -205,9 +205,9 @@ def test_state_from_other_params_is_not_resumed(tmp_path):
     constant = {"train.lr_schedule": "constant"}
     root = workdir(tmp_path, "p", **constant, **{"train.epochs": 1})
     train_here(root)
-    write_params(root, **TINY, **constant, **{"train.epochs": 2, "train.lr": 0.003})
+    write_params(root, **TINY, **constant, **{"train.epochs": 2, "train.lr": 0.001})
     assert "is from other inputs or params; starting afresh" in train_here(root)
-    write_params(root, **TINY, **constant, **{"train.epochs": 3, "train.lr": 0.003})
+    write_params(root, **TINY, **constant, **{"train.epochs": 3, "train.lr": 0.001})
     # More epochs at a constant learning rate continue the finished run...
     assert f"resuming from {TRAIN_STATE}: epoch 2 of 3 done" in train_here(root)
     # ...but a cosine schedule over more epochs is another schedule from the first step.
