@@ -71,7 +71,14 @@ def stepper(
     scaler = scaler or precision.grad_scaler()
     autocast = precision.autocast()
     return Stepper(
-        built, optimizer, schedule, scaler, autocast, grad_clip, position_weight, position_decay
+        built,
+        optimizer,
+        schedule,
+        scaler,
+        autocast,
+        grad_clip=grad_clip,
+        position_weight=position_weight,
+        position_decay=position_decay,
     )
 
 

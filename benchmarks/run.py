@@ -154,9 +154,9 @@ def project_train(
         torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
         precision.grad_scaler(),
         precision.autocast(),
-        p.grad_clip,
-        p.position_loss,
-        p.position_decay,
+        grad_clip=p.grad_clip,
+        position_weight=p.position_loss,
+        position_decay=p.position_decay,
     )
     batches = batch_indices(train.lengths_np, p.batch_size, np.random.default_rng(0))[:steps]
     seen = tokens = 0

@@ -6,6 +6,7 @@ by name) under dvclive/evaluate/plots, and every test review's probability to
 data/predictions/test.parquet.
 """
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,14 @@ from zimdb.verdict import CLASSES, predicted
 NAME = "LSTM"
 
 
+def mismatch(clean: np.ndarray, encoded: np.ndarray) -> str | None:
+    """How the clean and the encoded test split's labels differ, or None when they agree."""
+    if len(clean) != len(encoded):
+        return f"{len(clean)} and {len(encoded)} rows"
+    wrong = int((clean != encoded).sum())
+    return f"labels differ in {wrong} of {len(encoded)} rows" if wrong else None
+
+
 def main() -> None:
     p = params.load("evaluate")
     device = resolve(p.device, "params.yaml: evaluate.device")
@@ -32,10 +41,10 @@ def main() -> None:
     # The cut reviews are scored from the clean text, the rest from the encoded ids: one table.
     clean = read_table(CLEAN / "test.parquet", "clean", {"text": "str", "label": "iu"})
     y = test.labels.cpu().numpy().astype(int)
-    if len(clean) != len(y) or (clean.label.to_numpy() != y).any():
+    if differ := mismatch(clean.label.to_numpy(), y):
         raise PipelineError(
-            f"{CLEAN / 'test.parquet'} and {ENCODED / 'test.npy'} hold different reviews (row counts or labels differ); "
-            "rerun `uv run dvc repro encode`"
+            f"{CLEAN / 'test.parquet'} and {ENCODED / 'test.npy'} hold different reviews "
+            f"({differ}); rerun `uv run dvc repro encode`"
         )
     test_logits = logits(trained.model, test, p.batch_size, trained.autocast())
     loss = F.binary_cross_entropy_with_logits(test_logits, test.labels).item()

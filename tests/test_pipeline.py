@@ -183,21 +183,27 @@ def test_predict_equals_what_evaluate_computed(built):
     assert (out.label == np.where(out.probability > 0.5, "positive", "negative")).all()
 
 
-def test_evaluate_refuses_clean_and_encoded_tests_of_other_reviews(built, tmp_path):
+@pytest.mark.parametrize("damage", ["label", "row"])
+def test_evaluate_refuses_clean_and_encoded_tests_of_other_reviews(built, tmp_path, damage):
     root, _ = built
     copy = tmp_path / "project"
     shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".dvc", ".git"))
     clean = copy / "data/clean/test.parquet"
     table = pd.read_parquet(clean)
-    table.loc[0, "label"] = 1 - table.loc[0, "label"]
+    n = len(table)
+    if damage == "label":
+        table.loc[0, "label"] = 1 - table.loc[0, "label"]
+        differ = f"labels differ in 1 of {n} rows"
+    else:
+        table = table.iloc[1:]
+        differ = f"{n - 1} and {n} rows"
     table.to_parquet(clean)
     metrics = (copy / "dvclive/evaluate/metrics.json").read_bytes()
     result = run([sys.executable, "-m", "stages.evaluate"], copy, check=False)
     assert result.returncode == 2
     assert result.stderr == (
         "error: data/clean/test.parquet and data/encoded/test.npy hold different reviews "
-        "(row counts or labels differ); "
-        "rerun `uv run dvc repro encode`\n"
+        f"({differ}); rerun `uv run dvc repro encode`\n"
     )
     assert (copy / "dvclive/evaluate/metrics.json").read_bytes() == metrics
 
