@@ -79,10 +79,15 @@ def setup() -> Run:
             f"params.yaml: train.nproc_per_node={p.nproc_per_node} but only "
             f"{torch.cuda.device_count()} CUDA GPU(s) are visible"
         )
-    if p.position_loss and (p.bidirectional or p.pooling != "last"):
+    if p.pooling == "concat" and p.bidirectional:
+        raise PipelineError(
+            "params.yaml: train.pooling=concat pools the states up to each word, which a "
+            "backward direction has not; set train.bidirectional false or another pooling"
+        )
+    if p.position_loss and (p.bidirectional or p.pooling == "max"):
         raise PipelineError(
             f"params.yaml: train.position_loss={p.position_loss} needs a verdict at every "
-            "position, which only train.bidirectional false with train.pooling last has"
+            "position, which only train.bidirectional false with train.pooling last or concat has"
         )
     if p.position_decay and not p.position_loss:
         raise PipelineError(

@@ -20,6 +20,7 @@ ARCHITECTURES = [
     dict(bidirectional=True),
     dict(num_layers=2, bidirectional=True, pooling="max"),
     dict(num_layers=2, pooling="max"),
+    dict(num_layers=2, pooling="concat"),  # the last state, and the max and mean up to it
 ]
 
 
@@ -115,7 +116,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
     return grads
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES[:2])
+@pytest.mark.parametrize("arch", ARCHITECTURES[:2] + ARCHITECTURES[-1:])
 @pytest.mark.parametrize("sizes", [[4, 4, 4], [5, 3, 1]])  # equal micro-batches; a short last one
 def test_accumulated_micro_batches_give_the_gradients_of_one_batch(arch, sizes):
     data = _data(sum(sizes))
@@ -162,7 +163,7 @@ def saved_bytes(model, ids, lengths) -> int:
     return total
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES[:3])
+@pytest.mark.parametrize("arch", ARCHITECTURES[:3] + ARCHITECTURES[-1:])
 def test_checkpointing_gives_the_gradients_of_no_checkpointing(arch):
     data = _data(8)
     batch = [(ids, n, y.double()) for ids, n, y in data.batches([np.arange(8)])]
@@ -275,12 +276,13 @@ def test_step_clips_the_unscaled_gradients_and_advances_the_schedule():
     assert all(w.grad is None for w in model.parameters())  # ready for the next window
 
 
+@pytest.mark.parametrize("pooling", ["last", "concat"])
 @pytest.mark.parametrize("decay", [0.0, 1.0])
-def test_position_loss_adds_the_label_at_every_real_position(decay):
+def test_position_loss_adds_the_label_at_every_real_position(decay, pooling):
     data = _data(6)
     window = [(ids, n, y.double()) for ids, n, y in data.batches([np.arange(6)])]
     ((ids, lengths, labels),) = window
-    model = make_model().train()
+    model = make_model(pooling=pooling).train()
     weight = 0.5
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -291,7 +293,7 @@ def test_position_loss_adds_the_label_at_every_real_position(decay):
     # By hand: the last token's loss, plus each review's mean over its real positions, position t
     # weighted by t**-decay.
     out = model(ids, lengths)
-    every = model.head(model.states(ids, lengths)).squeeze(-1)
+    every = model.head(model.running(model.states(ids, lengths))).squeeze(-1)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     by_hand = bce(out, labels, reduction="sum")
     for row in range(len(ids)):
@@ -308,12 +310,25 @@ def test_position_loss_adds_the_label_at_every_real_position(decay):
     torch.testing.assert_close(loss, bce(out, labels, reduction="sum").detach().float())
 
 
-def test_the_verdict_at_the_last_real_position_is_the_review_s_verdict():
-    model = make_model().eval()
+@pytest.mark.parametrize("pooling", ["last", "concat"])
+def test_the_verdict_at_the_last_real_position_is_the_review_s_verdict(pooling):
+    model = make_model(pooling=pooling).eval()
     ids, lengths = torch.randint(2, 50, (4, 9)), torch.tensor([9, 3, 1, 6])
     with torch.no_grad():
         verdict, every = model(ids, lengths, every_position=True)
     torch.testing.assert_close(every[torch.arange(4), lengths - 1], verdict)
+
+
+def test_concat_pooling_reads_the_state_and_the_max_and_mean_of_the_states_so_far():
+    model = make_model(pooling="concat").eval()
+    ids, lengths = torch.randint(2, 50, (3, 9)), torch.tensor([9, 4, 1])
+    with torch.no_grad():
+        h = model.states(ids, lengths)
+        verdict = model(ids, lengths)
+    for row, n in enumerate(lengths.tolist()):
+        seen = h[row, :n]
+        features = torch.cat([seen[-1], seen.amax(dim=0), seen.mean(dim=0)])
+        torch.testing.assert_close(verdict[row], model.head(features)[0])
 
 
 def test_crops_are_stretches_of_each_review_s_own_words():

@@ -43,15 +43,21 @@ def window() -> list[tuple[torch.Tensor, ...]]:
     return data.batches([np.arange(0, 16), np.arange(16, 32), np.arange(32, 48)])
 
 
-def make_stepper(scaler: torch.amp.GradScaler, autocast, grad_clip=0.0, checkpointing=False):
+def make_stepper(
+    scaler: torch.amp.GradScaler,
+    autocast,
+    grad_clip=0.0,
+    checkpointing=False,
+    pooling="last",
+    position_weight=0.0,
+):
     torch.manual_seed(0)
-    model = SentimentLSTM(
-        model_config(50, embedding_dim=16, hidden_dim=32, dropout=0.0, word_dropout=0.0)
-    ).train()
+    shape = dict(embedding_dim=16, hidden_dim=32, dropout=0.0, word_dropout=0.0, pooling=pooling)
+    model = SentimentLSTM(model_config(50, **shape)).train()
     model.grad_checkpointing = checkpointing
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return Stepper(model, optimizer, schedule, scaler, autocast, grad_clip)
+    return Stepper(model, optimizer, schedule, scaler, autocast, grad_clip, position_weight)
 
 
 def scaled_bf16(**kw) -> Stepper:
@@ -71,16 +77,25 @@ def weights(stepper: Stepper) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in stepper.model.parameters()])
 
 
-def test_bf16_window_gradients_match_fp32():
-    reference = fp32()
+# The last state alone; and it with the max and mean of the states so far, trained at every
+# position. bf16's rounding moves the running max of 1.7% of the states to another time step,
+# which sends that gradient down another path of the LSTM: its gradient is 4.5% off fp32's in
+# norm (measured), the last state's 0.6-1.0%.
+@pytest.mark.parametrize(
+    ("head", "tolerance", "cosine"),
+    [(dict(), 0.03, 0.999), (dict(pooling="concat", position_weight=1.0), 0.08, 0.998)],
+)
+def test_bf16_window_gradients_match_fp32(head, tolerance, cosine):
+    reference = fp32(**head)
     reference.backward(window())
-    amp = scaled_bf16()
+    amp = scaled_bf16(**head)
     amp.backward(window())
     expected, got = gradients(reference), gradients(amp, SCALE)
     # bf16 keeps 8 significant bits (a rounding of 0.4% at most per value); over 60 steps of an
-    # LSTM the window's gradient stays within 3% of fp32's in norm (0.6-1.0% measured).
-    assert torch.linalg.vector_norm(got - expected) < 0.03 * torch.linalg.vector_norm(expected)
-    assert torch.nn.functional.cosine_similarity(got, expected, dim=0) > 0.999
+    # LSTM the window's gradient stays within a few % of fp32's in norm.
+    error = torch.linalg.vector_norm(got - expected) / torch.linalg.vector_norm(expected)
+    assert error < tolerance
+    assert torch.nn.functional.cosine_similarity(got, expected, dim=0) > cosine
 
 
 def test_an_inf_gradient_skips_the_step_and_lowers_the_scale():

@@ -289,9 +289,10 @@ def random_model(**config) -> TrainedModel:
     return TrainedModel.from_file(ModelFile(model.eval(), vocab, 8, "tail", "fp32"))
 
 
-def test_running_verdict_is_the_verdict_on_each_prefix():
+@pytest.mark.parametrize("pooling", ["last", "concat"])
+def test_running_verdict_is_the_verdict_on_each_prefix(pooling):
     """The probability at word t is what the model says of the review cut after word t."""
-    trained = random_model(num_layers=2)
+    trained = random_model(num_layers=2, pooling=pooling)
     review = "not bad at all, but the zzqx end is awful"
     reading = read(trained, review)
     words = review.replace(",", "").split()

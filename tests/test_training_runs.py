@@ -413,6 +413,17 @@ def test_position_loss_without_a_running_verdict_is_one_line(tmp_path):
         train_stage.main()
 
 
+def test_concat_pooling_of_a_backward_direction_is_one_line(tmp_path):
+    from zimdb.errors import PipelineError
+
+    root = workdir(tmp_path, "concat", **{"train.pooling": "concat", "train.bidirectional": True})
+    with (
+        contextlib.chdir(root),
+        pytest.raises(PipelineError, match=r"^params.yaml: train.pooling=concat pools the"),
+    ):
+        train_stage.main()
+
+
 def test_position_decay_without_the_loss_it_weighs_is_one_line(tmp_path):
     from zimdb.errors import PipelineError
 

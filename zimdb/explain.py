@@ -27,12 +27,13 @@ class Reading:
 def has_running_verdict(config: ModelConfig) -> bool:
     """Whether the head's reading of the state at word t is the verdict on words 1..t.
 
-    True for a one-direction model that pools the last state: the state at t has seen only
-    words 1..t and is exactly what the head would read were the review to end there. A
-    backward direction has already read the words after t, and max pooling reads every
-    position at once, so for them the head at one position means nothing on its own.
+    True for a one-direction model that pools the last state, or it with the maximum and mean
+    of the states up to it ("concat"): what the head reads at t has seen only words 1..t and
+    is exactly what it would read were the review to end there. A backward direction has
+    already read the words after t, and max pooling reads every position at once, so for them
+    the head at one position means nothing on its own.
     """
-    return not config.bidirectional and config.pooling == "last"
+    return not config.bidirectional and config.pooling in ("last", "concat")
 
 
 def running_note(model: Scorer) -> str | None:
@@ -68,7 +69,7 @@ def read(model: Scorer, review: str) -> Reading:
 @torch.no_grad()
 def read_lstm(trained: TrainedModel, review: str) -> Reading:
     """The words `trained` reads of `review` and, where has_running_verdict, its running
-    verdict: sigmoid(head(state at word t)) for every t, from one pass over the review."""
+    verdict: the sigmoid of the head's logit at every word t, from one pass over the review."""
     model = trained.model
     cleaned = text.clean(pd.Series([review], dtype=object))
     words = text.split_words(cleaned)[0].to_pylist()
@@ -82,9 +83,9 @@ def read_lstm(trained: TrainedModel, review: str) -> Reading:
     running = [] if has_running_verdict(model.config) else None
     with trained.autocast():
         if running is not None and n:
-            states = model.states(ids_t, lengths_t)[0]
-            running = torch.sigmoid(model.head(states).squeeze(-1).float()).tolist()
-            probability = running[-1]  # the last state is what forward() pools
+            every = model(ids_t, lengths_t, every_position=True)[1][0]
+            running = torch.sigmoid(every.float()).tolist()
+            probability = running[-1]  # the last word's is what forward() pools
         else:
             probability = float(torch.sigmoid(model(ids_t, lengths_t).float())[0])
     return Reading(

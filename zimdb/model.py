@@ -25,7 +25,7 @@ class ModelConfig:
     hidden_dim: int
     num_layers: int
     bidirectional: bool
-    pooling: str  # last: state at the last real token; max: max over real tokens
+    pooling: str  # last, max or concat (train.pooling)
     dropout: float
     word_dropout: float
     forget_bias: float  # shapes the initial weights only
@@ -115,8 +115,9 @@ def call_lstm(lstm: nn.LSTM, x: torch.Tensor, state=None):
 class SentimentLSTM(nn.Module):
     """Embedding -> LSTM layer(s) -> one logit, read at each review's last real token.
 
-    With the defaults (one layer, one direction, pooling "last") this is the original
-    architecture; "max" pooling takes the maximum over the real tokens instead.
+    With pooling "last", one layer and one direction this is the original architecture;
+    "concat" reads beside the last state the maximum and mean of the states up to it, "max"
+    the maximum over the real tokens alone.
     """
 
     def __init__(self, config: ModelConfig):
@@ -138,28 +139,45 @@ class SentimentLSTM(nn.Module):
         # model learns to judge a review with some of its words missing ("word dropout", Iyyer et
         # al., 2015) rather than with a little noise on each.
         self.word_dropout = nn.Dropout1d(config.word_dropout)
-        self.head = nn.Linear(config.hidden_dim * dirs, 1)
+        features = 3 if config.pooling == "concat" else 1  # per direction: see running()
+        self.head = nn.Linear(config.hidden_dim * dirs * features, 1)
         self.grad_checkpointing = False
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, every_position: bool = False):
         """Logits [batch] for token ids [batch, time] with `lengths` real tokens per row; with
         `every_position`, also the head's logit at every position [batch, time]: the verdict
-        had the review ended there (for one direction pooling its last state)."""
+        had the review ended there (for one direction pooling "last" or "concat")."""
         lengths = lengths.clamp(min=1)  # an empty review is read as its single PAD
         h = self.states(ids, lengths)
+        features = self.running(h)
         if self.config.pooling == "max":
             real = torch.arange(h.shape[1], device=h.device) < lengths[:, None]
             pooled = h.masked_fill(~real[:, :, None], float("-inf")).amax(dim=1)
         else:
-            last = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
-            # The backward direction has read the whole review when it reaches position 0.
-            pooled = torch.cat(
-                [last[:, : self.config.hidden_dim], h[:, 0, self.config.hidden_dim :]], dim=-1
-            )
+            pooled = features[torch.arange(h.shape[0], device=h.device), lengths - 1]
+            if self.config.bidirectional:  # its backward direction has read the whole review
+                hidden = self.config.hidden_dim  # when it reaches position 0
+                pooled = torch.cat([pooled[:, :hidden], h[:, 0, hidden:]], dim=-1)
         logits = self.head(self.dropout(pooled)).squeeze(-1)
         if not every_position:
             return logits
-        return logits, self.head(h).squeeze(-1)
+        return logits, self.head(features).squeeze(-1)
+
+    def running(self, h: torch.Tensor) -> torch.Tensor:
+        """What the head reads at each position t of states `h` [batch, time, dim]: the state,
+        and with pooling "concat" beside it the maximum and the mean of the states up to t.
+
+        That is ULMFiT's concat pooling (Howard and Ruder, 2018) taken at every position, so
+        the verdict at t still reads words 1..t only, as the loss at every position and the
+        page's running verdict need. The scans run with time as the last, contiguous axis: on
+        a CPU 4x faster than along the middle one."""
+        if self.config.pooling != "concat":
+            return h
+        along = h.transpose(1, 2).contiguous()  # [batch, dim, time]
+        steps = torch.arange(1, h.shape[1] + 1, device=h.device, dtype=torch.float32)
+        mean = along.cumsum(dim=-1) / steps
+        features = [along, along.cummax(dim=-1).values, mean.to(h.dtype)]
+        return torch.cat(features, dim=1).transpose(1, 2)
 
     def states(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The last layer's outputs [batch, time, directions x hidden_dim] at every position."""

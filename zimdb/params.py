@@ -51,7 +51,7 @@ class Train(Section):
     hidden_dim: int = Field(ge=1)
     num_layers: int = Field(ge=1)
     bidirectional: bool
-    pooling: Literal["last", "max"]
+    pooling: Literal["last", "max", "concat"]
     dropout: float = Field(ge=0, lt=1)
     forget_bias: float
     word_dropout: float = Field(ge=0, lt=1)
