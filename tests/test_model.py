@@ -331,6 +331,11 @@ def test_concat_pooling_reads_the_state_and_the_max_and_mean_of_the_states_so_fa
         torch.testing.assert_close(verdict[row], model.head(features)[0])
 
 
+def test_concat_pooling_of_a_backward_direction_is_refused():
+    with pytest.raises(ValueError, match="one direction only"):
+        make_model(pooling="concat", bidirectional=True)
+
+
 def test_crops_are_stretches_of_each_review_s_own_words():
     from zimdb.batching import crop
 

@@ -83,7 +83,11 @@ def weights(stepper: Stepper) -> torch.Tensor:
 # norm (measured), the last state's 0.6-1.0%.
 @pytest.mark.parametrize(
     ("head", "tolerance", "cosine"),
-    [(dict(), 0.03, 0.999), (dict(pooling="concat", position_weight=1.0), 0.08, 0.998)],
+    [
+        (dict(), 0.03, 0.999),
+        (dict(position_weight=1.0), 0.03, 0.999),
+        (dict(pooling="concat", position_weight=1.0), 0.08, 0.998),
+    ],
 )
 def test_bf16_window_gradients_match_fp32(head, tolerance, cosine):
     reference = fp32(**head)

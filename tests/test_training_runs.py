@@ -18,6 +18,7 @@ from tests.conftest import ROOT, encoded_records, git_init, interruptible, pytho
 from zimdb import distributed
 from zimdb.artifacts import write_encoded, write_vocab
 from zimdb.batching import Encoded
+from zimdb.explain import read
 from zimdb.inference import logits
 from zimdb.model_file import ModelFile
 from zimdb.paths import MODEL, TRAIN_STATE
@@ -402,15 +403,38 @@ def test_model_file_keeps_the_encode_settings_the_run_started_with(tmp_path, mon
     assert ModelFile.load(root / MODEL).max_len == 40  # what data/encoded was made with
 
 
-def test_position_loss_without_a_running_verdict_is_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "reader", [{"train.bidirectional": True}, {"train.pooling": "max"}], ids=["bidi", "max"]
+)
+def test_position_loss_without_a_running_verdict_is_one_line(tmp_path, reader):
     from zimdb.errors import PipelineError
 
-    root = workdir(tmp_path, "bidi", **{"train.position_loss": 0.5, "train.bidirectional": True})
+    root = workdir(tmp_path, "bidi", **{"train.position_loss": 0.5} | reader)
     with (
         contextlib.chdir(root),
         pytest.raises(PipelineError, match=r"train.position_loss=0.5 needs a verdict at every"),
     ):
         train_stage.main()
+
+
+def test_concat_pooling_trains_with_the_loss_at_every_position_and_has_a_running_verdict(
+    tmp_path,
+):
+    root = workdir(tmp_path, "concat", **{"train.pooling": "concat", "train.epochs": 2})
+    train_here(root)
+    saved = ModelFile.load(root / MODEL)
+    assert saved.model.config.pooling == "concat"
+    summary = json.loads((root / "dvclive/train/metrics.json").read_text())
+    assert summary["best/val_acc"] > 0.9  # the learnable data of the runs above
+    # Ids 2-5 end the positive reviews, ids 6-9 the negative ones; cleaning keeps letters only,
+    # so the page's words for the ids are letters: "a" is id 2.
+    letters = saved.vocab[:2] + [chr(ord("a") + i) for i in range(len(saved.vocab) - 2)]
+    trained = TrainedModel.from_file(ModelFile(saved.model, letters, 40, "tail", "fp32"))
+    for review, positive in (("k j a b c", True), ("k b e f g", False)):
+        reading = read(trained, review)
+        assert len(reading.running) == 5
+        assert reading.running[-1] == pytest.approx(reading.probability, abs=1e-6)
+        assert (reading.probability > 0.5) == positive
 
 
 def test_concat_pooling_of_a_backward_direction_is_one_line(tmp_path):

@@ -25,7 +25,7 @@ class Reading:
 
 
 def has_running_verdict(config: ModelConfig) -> bool:
-    """Whether the head's reading of the state at word t is the verdict on words 1..t.
+    """Whether what the head reads at word t gives the verdict on words 1..t.
 
     True for a one-direction model that pools the last state, or it with the maximum and mean
     of the states up to it ("concat"): what the head reads at t has seen only words 1..t and

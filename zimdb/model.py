@@ -139,8 +139,10 @@ class SentimentLSTM(nn.Module):
         # model learns to judge a review with some of its words missing ("word dropout", Iyyer et
         # al., 2015) rather than with a little noise on each.
         self.word_dropout = nn.Dropout1d(config.word_dropout)
-        features = 3 if config.pooling == "concat" else 1  # per direction: see running()
-        self.head = nn.Linear(config.hidden_dim * dirs * features, 1)
+        if config.pooling == "concat" and config.bidirectional:
+            raise ValueError("concat pooling reads the states up to each word: one direction only")
+        features = 3 if config.pooling == "concat" else dirs  # see running() and forward()
+        self.head = nn.Linear(config.hidden_dim * features, 1)
         self.grad_checkpointing = False
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, every_position: bool = False):
@@ -170,7 +172,9 @@ class SentimentLSTM(nn.Module):
         That is ULMFiT's concat pooling (Howard and Ruder, 2018) taken at every position, so
         the verdict at t still reads words 1..t only, as the loss at every position and the
         page's running verdict need. The scans run with time as the last, contiguous axis: on
-        a CPU 4x faster than along the middle one."""
+        a CPU the scans alone run 4x faster there (the running max of [64, 250, 256] bf16
+        states 6.2 ms against 26.7). These features lie outside the checkpointed LSTM chunks:
+        with concat, backward keeps [batch, time, 3 x dim] of them and the max's int64 indices."""
         if self.config.pooling != "concat":
             return h
         along = h.transpose(1, 2).contiguous()  # [batch, dim, time]
