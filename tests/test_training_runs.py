@@ -174,6 +174,32 @@ run(lambda: Bar(range(3)))
     assert proc.stderr == "interrupted: nothing was written\n"
 
 
+def test_ctrl_c_inside_a_finaliser_still_stops_the_run():
+    # CPython cannot raise from a finaliser: it prints the KeyboardInterrupt and carries on.
+    script = """
+import time
+from zimdb.errors import run
+
+class Temp:
+    def __del__(self):
+        raise KeyboardInterrupt  # where Ctrl-C landed
+
+def main():
+    Temp()  # finalised at once
+    time.sleep(30)
+    print("carried on")
+
+run(main)
+"""
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert (proc.returncode, proc.stdout) == (130, "")
+    assert proc.stderr == "interrupted: nothing was written\n"
+    assert time.monotonic() - start < 20
+
+
 def test_other_finalisers_failing_after_ctrl_c_are_still_reported():
     script = """
 import sys
