@@ -36,7 +36,7 @@ def phases(model, optimizer, batches: list, precision, sync: bool) -> tuple[dict
         start = time.perf_counter()
         with model.no_sync() if isinstance(model, DDP) and not sync else nullcontext():
             with precision.autocast():
-                out = model(ids, lengths)
+                out = model(ids, lengths).verdict
             loss = F.binary_cross_entropy_with_logits(out.float(), labels)
             forward = time.perf_counter()
             loss.backward()

@@ -63,9 +63,7 @@ def model(p: params.Train, vocab_size: int, device, checkpointing=False) -> Sent
     return built
 
 
-def stepper(
-    built, precision: Precision, scaler=None, grad_clip=0.0, position_weight=0.0, position_decay=0.0
-):
+def stepper(built, precision: Precision, scaler=None, grad_clip=0.0, position_weight=0.0):
     optimizer = torch.optim.Adam(built.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor("constant", 1))
     scaler = scaler or precision.grad_scaler()
@@ -78,7 +76,6 @@ def stepper(
         autocast,
         grad_clip=grad_clip,
         position_weight=position_weight,
-        position_decay=position_decay,
     )
 
 
@@ -96,7 +93,6 @@ def epoch(p: params.Train, train: Encoded, precision: Precision, vocab_size: int
         precision,
         grad_clip=p.grad_clip,
         position_weight=p.position_loss,
-        position_decay=p.position_decay,
     )
     order = batch_indices(train.lengths_np, p.batch_size, np.random.default_rng(0))
     batches = train.batches(order)
@@ -149,9 +145,7 @@ def peak_memory(p, train: Encoded, precision: Precision, vocab_size: int) -> Non
     batches = longest.batches(batch_indices(longest.lengths_np, p.batch_size))
     for checkpointing in (False, True):
         built = model(p, vocab_size, device, checkpointing)
-        run = stepper(
-            built, precision, position_weight=p.position_loss, position_decay=p.position_decay
-        )
+        run = stepper(built, precision, position_weight=p.position_loss)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)

@@ -156,7 +156,6 @@ def project_train(
         precision.autocast(),
         grad_clip=p.grad_clip,
         position_weight=p.position_loss,
-        position_decay=p.position_decay,
     )
     batches = batch_indices(train.lengths_np, p.batch_size, np.random.default_rng(0))[:steps]
     seen = tokens = 0

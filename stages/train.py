@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from zimdb import distributed, errors, params
 from zimdb.artifacts import read_encoded, read_vocab
-from zimdb.batching import Encoded, batch_indices, crop
+from zimdb.batching import Encoded, batch_indices
 from zimdb.device import peak_flops, resolve
 from zimdb.errors import PipelineError
 from zimdb.inference import logits
@@ -79,21 +79,6 @@ def setup() -> Run:
             f"params.yaml: train.nproc_per_node={p.nproc_per_node} but only "
             f"{torch.cuda.device_count()} CUDA GPU(s) are visible"
         )
-    if p.pooling == "concat" and p.bidirectional:
-        raise PipelineError(
-            "params.yaml: train.pooling=concat pools the states up to each word, which a "
-            "backward direction has not; set train.bidirectional false or another pooling"
-        )
-    if p.position_loss and (p.bidirectional or p.pooling == "max"):
-        raise PipelineError(
-            f"params.yaml: train.position_loss={p.position_loss} needs a verdict at every "
-            "position, which only train.bidirectional false with train.pooling last or concat has"
-        )
-    if p.position_decay and not p.position_loss:
-        raise PipelineError(
-            f"params.yaml: train.position_decay={p.position_decay} weighs the loss at every "
-            "position, which train.position_loss 0 leaves out; set one or clear the other"
-        )
     if p.nproc_per_node > 1 and not distributed.launched_by_torchrun():
         sys.exit(distributed.relaunch("stages.train", p.nproc_per_node))
     group = distributed.init(device.type == "cuda")
@@ -121,7 +106,6 @@ def setup() -> Run:
         precision.autocast(),
         grad_clip=p.grad_clip,
         position_weight=p.position_loss,
-        position_decay=p.position_decay,
     )
     # The code too: a state an older model, loop or state layout saved may not fit, or mean the
     # same.
@@ -231,8 +215,6 @@ def train_epoch(run: Run, epoch: int):
         train.lengths_np, p.batch_size, run.state.rng, together=group.world_size
     )
     mine = train.batches(distributed.shard(everyone, group))
-    if p.crop_share:
-        mine = [(*crop(ids, lengths, p.crop_share, p.crop_min), y) for ids, lengths, y in mine]
     windows = [mine[i : i + p.grad_accum_steps] for i in range(0, len(mine), p.grad_accum_steps)]
     device = train.ids.device
     loss_sum = torch.zeros((), device=device)

@@ -97,7 +97,7 @@ def test_a_change_to_the_page_s_explanation_retrains_nothing(clean_project):
     root = clean_project
     explain = root / "zimdb/explain.py"
     explain.write_text(
-        explain.read_text().replace("probability = running[-1]", "probability = running[-1] + 0")
+        explain.read_text().replace("cut=len(words) - n,", "cut=len(words) - n + 0,")
     )
     assert status(root) == set()
 

@@ -8,18 +8,17 @@ import pytest
 import torch
 
 from tests.conftest import encoded_records, model_config
+from zimdb import text
 from zimdb.batching import Encoded, batch_indices
 from zimdb.errors import PipelineError
-from zimdb.model import SentimentLSTM, reverse_within_length
+from zimdb.model import SentimentLSTM
 from zimdb.model_file import ModelFile
 from zimdb.trained_model import TrainedModel
 from zimdb.training import Stepper
 
 ARCHITECTURES = [
-    dict(),  # the original: one layer, one direction, last real token
-    dict(bidirectional=True),
-    dict(num_layers=2, bidirectional=True, pooling="max"),
-    dict(num_layers=2, pooling="max"),
+    dict(),  # the original: one layer, last real token
+    dict(num_layers=2),
     dict(num_layers=2, pooling="concat"),  # the last state, and the max and mean up to it
 ]
 
@@ -42,7 +41,7 @@ def make_model(**kw) -> SentimentLSTM:
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_logit_ignores_everything_after_the_last_real_token(arch):
+def test_logits_ignore_everything_after_the_last_real_token(arch):
     model = make_model(**arch).eval()
     torch.manual_seed(1)
     lengths = torch.tensor([3, 7, 1, 5])
@@ -53,19 +52,37 @@ def test_logit_ignores_everything_after_the_last_real_token(arch):
     wider = torch.cat([padded, torch.zeros(4, 5, dtype=torch.long)], dim=1)
     with torch.no_grad():
         reference = model(padded, lengths)
-        torch.testing.assert_close(model(garbage, lengths), reference)
-        torch.testing.assert_close(model(wider, lengths), reference)
+        for other in (model(garbage, lengths), model(wider, lengths)):
+            torch.testing.assert_close(other.verdict, reference.verdict)
+            torch.testing.assert_close(other.every[:, :7][real], reference.every[real])
         for i in range(4):  # each review alone, cut to its own length
             alone = model(ids[i : i + 1, : lengths[i]], lengths[i : i + 1])
-            torch.testing.assert_close(alone, reference[i : i + 1])
+            torch.testing.assert_close(alone.verdict, reference.verdict[i : i + 1])
+            torch.testing.assert_close(alone.every[0], reference.every[i, : lengths[i]])
 
 
-def test_empty_review_gets_a_finite_logit():
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_verdict_at_each_word_is_the_verdict_on_the_words_up_to_it(arch):
+    """What the page's running verdict and the loss at every position rely on, for every
+    configuration: the logit at word t is the verdict the model gives words 1..t alone."""
+    model = make_model(**arch).eval()
+    ids, lengths = torch.randint(2, 50, (4, 9)), torch.tensor([9, 3, 1, 6])
+    with torch.no_grad():
+        out = model(ids, lengths)
+        torch.testing.assert_close(out.every[torch.arange(4), lengths - 1], out.verdict)
+        for t in range(1, 10):
+            prefix = model(ids[:, :t], torch.full((4,), t))
+            torch.testing.assert_close(prefix.verdict, out.every[:, t - 1])
+
+
+def test_an_empty_review_is_read_as_one_pad():
+    cleaned = text.clean(pd.Series(["", "<br /> 42 !"]))
+    ids, lengths = text.encode(cleaned, ["<pad>", "<unk>", "a"], 5, "tail")
+    assert ids.tolist() == [[0] * 5] * 2 and lengths.tolist() == [1, 1]
     model = make_model().eval()
     with torch.no_grad():
-        assert torch.isfinite(
-            model(torch.zeros(2, 1, dtype=torch.long), torch.tensor([0, 0]))
-        ).all()
+        out = model(torch.from_numpy(ids[:, :1]), torch.from_numpy(lengths))
+    assert torch.isfinite(out.verdict).all() and out.every.shape == (2, 1)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -75,22 +92,21 @@ def test_forget_bias_shifts_only_the_forget_gates_of_every_lstm(arch):
     shifted_biases = 0
     for name, weight in base.named_parameters():
         diff = shifted_weights[name] - weight
-        if name.endswith("bias_ih_l0"):  # gates stacked i, f, g, o; hidden_dim 6
+        if "bias_ih_l" in name:  # gates stacked i, f, g, o; hidden_dim 6
             expected = torch.zeros_like(weight)
             expected[6:12] = 1.5
             torch.testing.assert_close(diff, expected)
             shifted_biases += 1
         else:  # forget_bias 0 is PyTorch's init: the same random draws, nothing else moved
             assert torch.equal(diff, torch.zeros_like(weight)), name
-    directions = 2 if arch.get("bidirectional") else 1
-    assert shifted_biases == arch.get("num_layers", 1) * directions
+    assert shifted_biases == arch.get("num_layers", 1)
 
 
 def test_word_dropout_zeroes_whole_word_vectors_in_training_only():
     model = make_model(word_dropout=0.5)
     ids, lengths = torch.randint(2, 50, (8, 30)), torch.full((8,), 30)
     seen = []  # what the LSTM reads, captured inside the model's own forward
-    model.layers[0].register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    model.lstm.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
     model.train()(ids, lengths)
     vectors = seen[-1]
     dropped = (vectors == 0).all(dim=-1)
@@ -99,11 +115,6 @@ def test_word_dropout_zeroes_whole_word_vectors_in_training_only():
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(ids, lengths), make_model().eval()(ids, lengths))
-
-
-def test_reverse_within_length_keeps_padding_in_place():
-    x = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])
-    assert reverse_within_length(x, torch.tensor([3, 2])).tolist() == [[3, 2, 1, 0], [5, 4, 0, 0]]
 
 
 def _data(n: int) -> Encoded:
@@ -116,7 +127,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
     return grads
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES[:2] + ARCHITECTURES[-1:])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("sizes", [[4, 4, 4], [5, 3, 1]])  # equal micro-batches; a short last one
 def test_accumulated_micro_batches_give_the_gradients_of_one_batch(arch, sizes):
     data = _data(sum(sizes))
@@ -159,11 +170,11 @@ def saved_bytes(model, ids, lengths) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(ids, lengths).sum().backward()
+        model(ids, lengths).verdict.sum().backward()
     return total
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES[:3] + ARCHITECTURES[-1:])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_checkpointing_gives_the_gradients_of_no_checkpointing(arch):
     data = _data(8)
     batch = [(ids, n, y.double()) for ids, n, y in data.batches([np.arange(8)])]
@@ -214,7 +225,7 @@ VOCAB = ["<pad>", "<unk>"] + [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in
 
 
 def test_saved_model_rebuilds_with_the_same_outputs_and_settings(tmp_path):
-    model = make_model(bidirectional=True).float().eval()
+    model = make_model(num_layers=2, pooling="concat").float().eval()
     ModelFile(model, VOCAB, 7, "head", "bf16").save(tmp_path / "m.pt")
     loaded = ModelFile.load(tmp_path / "m.pt")
     assert (loaded.vocab, loaded.max_len, loaded.truncate, loaded.precision) == (
@@ -234,8 +245,8 @@ def test_model_file_alone_scores_raw_text_with_its_own_vocab_and_max_len(tmp_pat
     trained = TrainedModel.load(tmp_path / "m.pt")
     encoded = trained.encode(pd.Series(["waa <b>WAB</b> nope wac wad", ""]))
     assert encoded.ids.tolist() == [[2, 3, 1], [0, 0, 0]]  # cut to 3, unknown -> 1, tags gone
-    assert encoded.lengths.tolist() == [3, 0]
-    direct = torch.sigmoid(trained.model(encoded.ids, encoded.lengths)).detach().numpy()
+    assert encoded.lengths.tolist() == [3, 1]  # the empty review: one PAD
+    direct = torch.sigmoid(trained.model(encoded.ids, encoded.lengths).verdict).detach().numpy()
     np.testing.assert_allclose(
         trained.probabilities(pd.Series(["waa wab nope wac wad", ""])), direct
     )
@@ -277,8 +288,7 @@ def test_step_clips_the_unscaled_gradients_and_advances_the_schedule():
 
 
 @pytest.mark.parametrize("pooling", ["last", "concat"])
-@pytest.mark.parametrize("decay", [0.0, 1.0])
-def test_position_loss_adds_the_label_at_every_real_position(decay, pooling):
+def test_position_loss_adds_the_label_at_every_real_position(pooling):
     data = _data(6)
     window = [(ids, n, y.double()) for ids, n, y in data.batches([np.arange(6)])]
     ((ids, lengths, labels),) = window
@@ -287,70 +297,34 @@ def test_position_loss_adds_the_label_at_every_real_position(decay, pooling):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    stepper = Stepper(model, optimizer, schedule, scaler, nullcontext(), 0.0, weight, decay)
+    stepper = Stepper(model, optimizer, schedule, scaler, nullcontext(), 0.0, weight)
     loss, _ = stepper.backward(window)
     got = _grads(model)
-    # By hand: the last token's loss, plus each review's mean over its real positions, position t
-    # weighted by t**-decay.
+    # By hand: the last token's loss, plus each review's mean over its real positions of the
+    # head's logit on what it reads there.
     out = model(ids, lengths)
-    every = model.head(model.running(model.states(ids, lengths))).squeeze(-1)
+    every = model.head(model.features(model.states(ids))).squeeze(-1)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    by_hand = bce(out, labels, reduction="sum")
+    by_hand = bce(out.verdict, labels, reduction="sum")
     for row in range(len(ids)):
-        n = max(int(lengths[row]), 1)
-        targets = labels[row].expand(n)
-        w = torch.tensor([t**-decay for t in range(1, n + 1)], dtype=torch.float64)
-        each = bce(every[row, :n], targets, reduction="none")
-        by_hand = by_hand + weight * (each * w).sum() / w.sum()
+        n = int(lengths[row])
+        each = bce(every[row, :n], labels[row].expand(n), reduction="none")
+        by_hand = by_hand + weight * each.mean()
     (by_hand / len(ids)).backward()
     expected = _grads(model)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], msg=name)
     # The loss reported (train/loss) stays the verdict's, comparable with runs without it.
-    torch.testing.assert_close(loss, bce(out, labels, reduction="sum").detach().float())
-
-
-@pytest.mark.parametrize("pooling", ["last", "concat"])
-def test_the_verdict_at_the_last_real_position_is_the_review_s_verdict(pooling):
-    model = make_model(pooling=pooling).eval()
-    ids, lengths = torch.randint(2, 50, (4, 9)), torch.tensor([9, 3, 1, 6])
-    with torch.no_grad():
-        verdict, every = model(ids, lengths, every_position=True)
-    torch.testing.assert_close(every[torch.arange(4), lengths - 1], verdict)
+    torch.testing.assert_close(loss, bce(out.verdict, labels, reduction="sum").detach().float())
 
 
 def test_concat_pooling_reads_the_state_and_the_max_and_mean_of_the_states_so_far():
     model = make_model(pooling="concat").eval()
     ids, lengths = torch.randint(2, 50, (3, 9)), torch.tensor([9, 4, 1])
     with torch.no_grad():
-        h = model.states(ids, lengths)
-        verdict = model(ids, lengths)
+        h = model.states(ids)
+        verdict = model(ids, lengths).verdict
     for row, n in enumerate(lengths.tolist()):
         seen = h[row, :n]
         features = torch.cat([seen[-1], seen.amax(dim=0), seen.mean(dim=0)])
         torch.testing.assert_close(verdict[row], model.head(features)[0])
-
-
-def test_concat_pooling_of_a_backward_direction_is_refused():
-    with pytest.raises(ValueError, match="one direction only"):
-        make_model(pooling="concat", bidirectional=True)
-
-
-def test_crops_are_stretches_of_each_review_s_own_words():
-    from zimdb.batching import crop
-
-    torch.manual_seed(0)
-    lengths = torch.randint(1, 60, (400,))
-    ids = torch.where(torch.arange(60) < lengths[:, None], torch.arange(2, 62).expand(400, 60), 0)
-    cropped, sizes = crop(ids, lengths, share=0.5, min_words=5)
-    changed = sizes != lengths
-    assert 0.3 < changed.float().mean() < 0.5  # half chosen; a few draw their whole review
-    assert (sizes >= lengths.clamp(max=5)).all() and (sizes <= lengths).all()
-    for row in range(400):
-        n, words = int(sizes[row]), cropped[row]
-        assert (words[n:] == 0).all()  # padding after the stretch
-        start = int(words[0]) - 2 if n else 0
-        assert words[:n].tolist() == list(range(2 + start, 2 + start + n))  # contiguous, own
-        assert start + n <= int(lengths[row])
-    unchanged, same = crop(ids, lengths, share=0.0, min_words=5)
-    assert torch.equal(unchanged, ids) and torch.equal(same, lengths)

@@ -307,21 +307,6 @@ def test_explain_of_an_empty_review_has_no_words_and_the_predicted_verdict(clien
     assert got["probability"] == pytest.approx(trained.probabilities(pd.Series([""]))[0], abs=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("config", "reason"),
-    [(dict(bidirectional=True), "both directions"), (dict(pooling="max"), "max-pools")],
-)
-def test_explain_says_when_the_model_has_no_running_verdict(config, reason):
-    trained = random_model(**config)
-    review = "not bad at all but the end"
-    with TestClient(app(trained)) as client:
-        got = post(client, "/explain", {"text": review})
-    assert got["running"] is None and reason in got["running_note"]
-    assert got["words"] == review.split()
-    expected = trained.probabilities(pd.Series([review]))[0]
-    assert got["probability"] == pytest.approx(expected, abs=1e-6)
-
-
 class SlowModel:
     """Stands in for TrainedModel: records each call and holds the first until released. Its
     probability of a text is the number the text spells (any other text fails the call)."""

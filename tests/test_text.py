@@ -47,7 +47,7 @@ VOCAB = ["<pad>", "<unk>", "good", "bad", "film"]
 def test_encode_pads_and_maps_unknown_words():
     ids, lengths = text.encode(pd.Series(["good film", "bad zzz", ""]), VOCAB, 4, "head")
     assert ids.tolist() == [[2, 4, 0, 0], [3, 1, 0, 0], [0, 0, 0, 0]]
-    assert lengths.tolist() == [2, 2, 0]
+    assert lengths.tolist() == [2, 2, 1]  # an empty review: one PAD, a last token to read at
 
 
 def test_encode_truncates_head_or_tail():

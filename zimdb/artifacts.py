@@ -108,7 +108,7 @@ def read_encoded(path: str | Path, vocab_size: int, stage: str = "encode") -> np
         raise _damaged(path, stage, f"unexpected layout {records.dtype}")
     max_len = records.dtype["ids"].shape[0]
     bad = (
-        (records["length"] < 0).any()
+        (records["length"] < 1).any()
         or (records["length"] > max_len).any()
         or (records["label"] > 1).any()
         or (len(records) and int(records["ids"].max()) >= vocab_size)

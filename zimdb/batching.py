@@ -40,7 +40,7 @@ class Encoded:
     def batch(self, idx: np.ndarray, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """ids cut to the batch's longest review, lengths, labels of the rows `idx` (`rows`: the
         same indices on the device)."""
-        width = max(int(self.lengths_np[idx].max()), 1)
+        width = int(self.lengths_np[idx].max())
         return self.ids[rows, :width], self.lengths[rows], self.labels[rows]
 
     def batches(self, order: list[np.ndarray]) -> list[tuple[torch.Tensor, ...]]:
@@ -77,22 +77,3 @@ def batch_indices(
     # with the processes' steps.
     short = runs.pop() if runs and len(runs[-1]) < together else []
     return [batch for i in rng.permutation(len(runs)) for batch in runs[i]] + short
-
-
-def crop(
-    ids: torch.Tensor, lengths: torch.Tensor, share: float, min_words: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random `share` of the batch's reviews each cut to a stretch of its own words, of a
-    length drawn uniformly from `min_words` (or all of a shorter review) to all of it, starting
-    anywhere in it; the rest unchanged. Drawn on the device by torch's generator, which a
-    resumed run restores: no host round trip, and the same crops after a resume."""
-    n, width = ids.shape
-    device = ids.device
-    shortest = lengths.clamp(max=min_words)
-    size = shortest + (torch.rand(n, device=device) * (lengths - shortest + 1)).long()
-    start = (torch.rand(n, device=device) * (lengths - size + 1)).long()
-    chosen = torch.rand(n, device=device) < share
-    size, start = torch.where(chosen, size, lengths), torch.where(chosen, start, 0)
-    columns = torch.arange(width, device=device)
-    cropped = ids.gather(1, (start[:, None] + columns).clamp(max=width - 1))
-    return cropped.masked_fill(columns >= size[:, None], 0), size

@@ -16,7 +16,7 @@ def logits(model: torch.nn.Module, data: Encoded, batch_size: int, autocast) -> 
     start = 0
     for ids, lengths, _ in data.batches(order):
         with autocast:
-            computed[start : start + len(ids)] = model(ids, lengths).float()
+            computed[start : start + len(ids)] = model(ids, lengths).verdict.float()
         start += len(ids)
     if order:
         out[torch.from_numpy(np.concatenate(order)).to(out.device)] = computed

@@ -50,15 +50,11 @@ class Train(Section):
     embedding_dim: int = Field(ge=1)
     hidden_dim: int = Field(ge=1)
     num_layers: int = Field(ge=1)
-    bidirectional: bool
-    pooling: Literal["last", "max", "concat"]
+    pooling: Literal["last", "concat"]
     dropout: float = Field(ge=0, lt=1)
     forget_bias: float
     word_dropout: float = Field(ge=0, lt=1)
     position_loss: float = Field(ge=0)
-    position_decay: float = Field(ge=0)
-    crop_share: float = Field(ge=0, le=1)
-    crop_min: int = Field(ge=1)
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)

@@ -90,7 +90,9 @@ def word_counts(cleaned: pd.Series) -> pd.Series:
 def encode(
     cleaned: pd.Series, vocab: list[str], max_len: int, truncate: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids [n, max_len] (PAD after the review) and the number of real tokens per row.
+    """Token ids [n, max_len] (PAD after the review) and the number of tokens read per row:
+    its words, or a lone PAD for an empty review, so that every review has a last token to be
+    read at.
 
     `truncate` says which end of a long review is kept: "head" keeps its start (the original),
     "tail" its end. Vectorised over all tokens at once: no Python loop per review.
@@ -108,4 +110,4 @@ def encode(
     cell = np.repeat(np.arange(len(counts)) * max_len, counts) + col  # index into out, flattened
     out = np.full((len(counts), max_len), PAD, dtype=np.int64)
     out.reshape(-1)[cell[keep]] = ids[keep]
-    return out, np.minimum(counts, max_len)
+    return out, np.clip(counts, 1, max_len)

@@ -28,21 +28,15 @@ def lr_factor(schedule: str, steps: int) -> Callable[[int], float]:
     return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
 
 
-def position_loss(
-    every: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, decay: float = 0.0
-) -> torch.Tensor:
-    """The review's label as the target of the head at each of its real positions: the loss
-    averaged over a review's positions, position t of its encoded words weighted by t**-decay,
-    summed over reviews. A model trained on whole reviews alone has never been asked for a verdict
-    a few words in, which is what a short text and the page's running verdict ask of it; with
-    decay 0 the first ten of 250 positions are a twenty-fifth of it, with decay 1 almost half.
-    (With encode.truncate tail, a review longer than max_len starts mid-review.)"""
-    positions = torch.arange(1, every.shape[1] + 1, device=every.device)
-    real = positions <= lengths.clamp(min=1)[:, None]
-    weights = real * positions.float().pow(-decay)
+def position_loss(every: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The review's label as the target of the verdict at each of its real positions, averaged
+    over a review's positions and summed over reviews. A model trained on whole reviews alone
+    has never been asked for a verdict a few words in, which is what a short text and the page's
+    running verdict ask of it."""
+    real = torch.arange(every.shape[1], device=every.device) < lengths[:, None]
     targets = labels[:, None].expand_as(every)
     each = F.binary_cross_entropy_with_logits(every.float(), targets, reduction="none")
-    return ((each * weights).sum(dim=1) / weights.sum(dim=1)).sum()
+    return ((each * real).sum(dim=1) / lengths).sum()
 
 
 @dataclass
@@ -54,7 +48,6 @@ class Stepper:
     autocast: object  # the run's one precision context
     grad_clip: float
     position_weight: float = 0.0  # of the loss at every position (train.position_loss)
-    position_decay: float = 0.0  # of that loss's weights along a review (train.position_decay)
 
     def backward(self, window: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of the window's mean loss; its summed loss at the reviews' last tokens
@@ -68,15 +61,14 @@ class Stepper:
                 # once per window, on its last micro-batch, is all the optimizer needs.
                 self.model.require_backward_grad_sync = i == len(window) - 1
             with self.autocast:
-                out = self.model(ids, lengths, every_position=bool(self.position_weight))
-            every_loss = 0.0
+                out = self.model(ids, lengths)
+            loss = F.binary_cross_entropy_with_logits(out.verdict.float(), labels, reduction="sum")
+            total = loss
             if self.position_weight:
-                out, every = out
-                every_loss = position_loss(every, lengths, labels, self.position_decay)
-            loss = F.binary_cross_entropy_with_logits(out.float(), labels, reduction="sum")
-            self.scaler.scale((loss + self.position_weight * every_loss) / size).backward()
+                total = total + self.position_weight * position_loss(out.every, lengths, labels)
+            self.scaler.scale(total / size).backward()
             loss_sum += loss.detach()
-            correct += ((out > 0) == (labels > 0.5)).sum()
+            correct += ((out.verdict > 0) == (labels > 0.5)).sum()
         return loss_sum, correct
 
     def step(self, window: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
