@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from benchmarks.run import ARCHIVE, data_stages, project_model, train_params
-from zimdb.artifacts import read_encoded, read_vocab
-from zimdb.batching import Encoded, batch_indices
-from zimdb.precision import flush_denormals, for_training
+from zimdb.data.artifacts import read_encoded, read_vocab
+from zimdb.model.batches import Encoded, batch_indices
+from zimdb.model.precision import flush_denormals, for_training
 
 
 def phases(model, optimizer, batches: list, precision, sync: bool) -> tuple[dict[str, float], int]:

@@ -5,7 +5,7 @@ With params.yaml's model and batch size, through the train stage's own loop (Ste
 batches), it prints:
 
 1. an epoch of the train split in fp32, fp16 with GradScaler, and bf16 where the GPU has it:
-   seconds, samples/s and utilisation against the datasheet peak (zimdb.device.GPU_PEAK);
+   seconds, samples/s and utilisation against the datasheet peak (zimdb.model.device.GPU_PEAK);
 2. GradScaler under fp16: a window with an inf gradient is skipped with the weights unchanged
    and the scale halved, and the next window steps;
 3. peak memory (max_memory_allocated) of 8 steps of full-width 64 x max_len batches, with and
@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from zimdb import params
-from zimdb.artifacts import encoded_dtype
-from zimdb.batching import Encoded, batch_indices
-from zimdb.device import peak_flops
-from zimdb.model import ModelConfig, SentimentLSTM
+from zimdb.data.artifacts import encoded_dtype
+from zimdb.model.batches import Encoded, batch_indices
+from zimdb.model.device import peak_flops
+from zimdb.model.lstm import ModelConfig, SentimentLSTM
+from zimdb.model.precision import Precision, native_bf16
 from zimdb.paths import ENCODED
-from zimdb.precision import Precision, native_bf16
-from zimdb.training import Stepper, lr_factor
+from zimdb.training.step import Stepper, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 

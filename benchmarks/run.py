@@ -29,16 +29,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from zimdb import params
-from zimdb.artifacts import read_encoded, read_vocab
-from zimdb.batching import Encoded, batch_indices
-from zimdb.device import matmul_flops
-from zimdb.inference import logits
-from zimdb.model import ModelConfig, SentimentLSTM
-from zimdb.model_file import ModelFile
+from zimdb.data.artifacts import read_encoded, read_vocab
+from zimdb.model.batches import Encoded, batch_indices
+from zimdb.model.device import matmul_flops
+from zimdb.model.file import ModelFile
+from zimdb.model.inference import logits
+from zimdb.model.lstm import ModelConfig, SentimentLSTM
+from zimdb.model.precision import Precision, flush_denormals, native_bf16
 from zimdb.params import Train
 from zimdb.paths import MODEL
-from zimdb.precision import Precision, flush_denormals, native_bf16
-from zimdb.training import Stepper
+from zimdb.training.step import Stepper
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared/data/aclImdb_v1_labeled.tar.gz"
@@ -233,7 +233,7 @@ def peak_rss_mb(checkpointing: bool, encoded: Path, vocab_size: int, steps: int)
     """
     code = (
         "import re, torch; from benchmarks.run import *; "
-        "from zimdb.precision import for_training; "
+        "from zimdb.model.precision import for_training; "
         "mib = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read())"
         "[1]) / 1024; "
         "p = train_params(grad_accum_steps=1); "

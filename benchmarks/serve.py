@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from zimdb import text
+from zimdb.data import text
 from zimdb.errors import run
 from zimdb.paths import MODEL, RAW
 from zimdb.predict import read_texts
-from zimdb.trained_model import TrainedModel
+from zimdb.scoring.lstm import TrainedModel
 
 HEADERS = {"Content-Type": "application/json"}
 

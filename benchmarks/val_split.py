@@ -4,7 +4,7 @@
 A linear model (TF-IDF of the cleaned words, logistic regression) stands in for the LSTM: it
 trains in seconds and, unlike the LSTM, has no epoch or seed of its own to pick, so the val - test
 gap it prints is the split's alone. It reads the download stage's tables, cleaned by
-`zimdb.text.clean` and split by the clean stage's own `split()`, as the pipeline does. Also
+`zimdb.data.text.clean` and split by the clean stage's own `split()`, as the pipeline does. Also
 prints the same model on word bigrams, as a reference point for the test accuracy a linear model
 reaches here.
 """
@@ -18,8 +18,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from benchmarks.run import ARCHIVE, data_stages
-from zimdb import text
-from zimdb.split import split
+from zimdb.data import text
+from zimdb.data.split import split
 
 
 def accuracies(train: pd.DataFrame, others: list[pd.DataFrame], ngrams: int = 1) -> list[float]:

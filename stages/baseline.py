@@ -9,12 +9,13 @@ charts draw next to the LSTM's.
 from dvclive import Live
 from sklearn.metrics import accuracy_score
 
-from zimdb import evaluation, params
-from zimdb.artifacts import read_table
-from zimdb.baseline import NAME, Baseline
+from zimdb import params
+from zimdb.data.artifacts import read_table
 from zimdb.errors import run
 from zimdb.paths import BASELINE, BASELINE_LIVE, CLEAN
-from zimdb.verdict import predicted
+from zimdb.scoring import evaluation
+from zimdb.scoring.baseline import NAME, Baseline
+from zimdb.scoring.verdict import predicted
 
 COLUMNS = {"text": "str", "label": "iu"}
 

@@ -4,11 +4,12 @@
 Writes data/clean/{train,val,test}.parquet (text, label). Test is only ever used by evaluate.
 """
 
-from zimdb import params, text
-from zimdb.artifacts import read_table, write_table
+from zimdb import params
+from zimdb.data import text
+from zimdb.data.artifacts import read_table, write_table
+from zimdb.data.split import split
 from zimdb.errors import run
 from zimdb.paths import CLEAN, RAW
-from zimdb.split import split
 
 COLUMNS = {"text": "str", "label": "iu"}
 

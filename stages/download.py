@@ -6,8 +6,10 @@ has them, id, rating and movie (the IMDb title id, from the archive's urls_{pos,
 
 import pandas as pd
 
-from zimdb import aclimdb_source, modelscope_source, params
-from zimdb.artifacts import write_table
+from zimdb import params
+from zimdb.data import aclimdb as aclimdb_source
+from zimdb.data import modelscope as modelscope_source
+from zimdb.data.artifacts import write_table
 from zimdb.errors import PipelineError, run
 from zimdb.paths import RAW
 

@@ -5,8 +5,9 @@ Writes data/encoded/{train,val,test}.npy: one structured array per split (ids, l
 
 import numpy as np
 
-from zimdb import params, text
-from zimdb.artifacts import encoded_dtype, read_table, read_vocab, write_encoded
+from zimdb import params
+from zimdb.data import text
+from zimdb.data.artifacts import encoded_dtype, read_table, read_vocab, write_encoded
 from zimdb.errors import run
 from zimdb.paths import CLEAN, ENCODED, VOCAB
 

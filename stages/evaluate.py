@@ -12,15 +12,16 @@ import torch
 import torch.nn.functional as F
 from dvclive import Live
 
-from zimdb import evaluation, params
-from zimdb.artifacts import read_encoded, read_table, write_table
-from zimdb.batching import Encoded
-from zimdb.device import resolve
+from zimdb import params
+from zimdb.data.artifacts import read_encoded, read_table, write_table
 from zimdb.errors import PipelineError, run
-from zimdb.inference import logits
+from zimdb.model.batches import Encoded
+from zimdb.model.device import resolve
+from zimdb.model.inference import logits
 from zimdb.paths import CLEAN, ENCODED, EVALUATE_LIVE, MODEL, PREDICTIONS
-from zimdb.trained_model import TrainedModel
-from zimdb.verdict import CLASSES, predicted
+from zimdb.scoring import evaluation
+from zimdb.scoring.lstm import TrainedModel
+from zimdb.scoring.verdict import CLASSES, predicted
 
 NAME = "LSTM"
 

@@ -20,18 +20,19 @@ from dvclive import Live
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from zimdb import distributed, errors, params
-from zimdb.artifacts import read_encoded, read_vocab
-from zimdb.batching import Encoded, batch_indices
-from zimdb.device import peak_flops, resolve
+from zimdb import errors, params
+from zimdb.data.artifacts import read_encoded, read_vocab
 from zimdb.errors import PipelineError
-from zimdb.inference import logits
-from zimdb.model import ModelConfig, SentimentLSTM
-from zimdb.model_file import ModelFile
+from zimdb.model.batches import Encoded, batch_indices
+from zimdb.model.device import peak_flops, resolve
+from zimdb.model.file import ModelFile
+from zimdb.model.inference import logits
+from zimdb.model.lstm import ModelConfig, SentimentLSTM
+from zimdb.model.precision import Precision, flush_denormals, for_training
 from zimdb.paths import ENCODED, MODEL, TRAIN_LIVE, VOCAB
-from zimdb.precision import Precision, flush_denormals, for_training
-from zimdb.train_state import TrainState, fingerprint
-from zimdb.training import Stepper, lr_factor
+from zimdb.training import distributed
+from zimdb.training.state import TrainState, fingerprint
+from zimdb.training.step import Stepper, lr_factor
 
 LOG_EVERY = 20  # optimizer steps between looks at the loss: each look waits for the device
 

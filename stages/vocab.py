@@ -3,8 +3,9 @@
 Writes data/vocab.txt, one word per line; the line number is the token id.
 """
 
-from zimdb import params, text
-from zimdb.artifacts import read_table, write_vocab
+from zimdb import params
+from zimdb.data import text
+from zimdb.data.artifacts import read_table, write_vocab
 from zimdb.errors import run
 from zimdb.paths import CLEAN, VOCAB
 

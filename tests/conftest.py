@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import yaml
 
-from zimdb.artifacts import encoded_dtype
-from zimdb.model import ModelConfig
+from zimdb.data.artifacts import encoded_dtype
+from zimdb.model.lstm import ModelConfig
 from zimdb.params import validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -452,5 +452,5 @@ def expected_params() -> dict[str, set[str]]:
 
 def source_files() -> list[str]:
     return sorted(
-        str(p.relative_to(ROOT)) for d in ("stages", "zimdb") for p in (ROOT / d).glob("*.py")
+        str(p.relative_to(ROOT)) for d in ("stages", "zimdb") for p in (ROOT / d).rglob("*.py")
     )

@@ -15,11 +15,12 @@ from sklearn.pipeline import make_pipeline
 
 from tests.conftest import ROOT
 from tests.test_pipeline import predict
-from zimdb import by_length, scorer
-from zimdb.baseline import NAME, Baseline
 from zimdb.errors import PipelineError
-from zimdb.serve import ModelWorker, create_app
-from zimdb.trained_model import TrainedModel
+from zimdb.scoring import by_length, scorer
+from zimdb.scoring.baseline import NAME, Baseline
+from zimdb.scoring.lstm import TrainedModel
+from zimdb.serve.app import create_app
+from zimdb.serve.worker import ModelWorker
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_length_rows_and_metrics_name_every_cut_and_group():
 
 def test_predict_and_serve_import_scikit_learn_only_for_a_baseline():
     # scikit-learn and skops add about 3 s to their start, which the LSTM never needs.
-    script = "import sys, zimdb.predict, zimdb.serve; print(sorted({'sklearn', 'skops'} & set(sys.modules)))"
+    script = "import sys, zimdb.predict, zimdb.serve.__main__; print(sorted({'sklearn', 'skops'} & set(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
     )

@@ -5,7 +5,7 @@ import pytest
 
 from stages import clean, download, encode, vocab
 from tests.conftest import movie_of, write_archive, write_params
-from zimdb.artifacts import read_encoded, read_vocab
+from zimdb.data.artifacts import read_encoded, read_vocab
 from zimdb.errors import PipelineError
 
 

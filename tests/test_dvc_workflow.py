@@ -95,7 +95,7 @@ def test_a_change_to_the_page_s_explanation_retrains_nothing(clean_project):
     """The word-by-word reading the service draws lives apart from model.pt's format, which
     train imports to save the model: editing it reruns no stage."""
     root = clean_project
-    explain = root / "zimdb/explain.py"
+    explain = root / "zimdb/scoring/explain.py"
     explain.write_text(
         explain.read_text().replace("cut=len(words) - n,", "cut=len(words) - n + 0,")
     )

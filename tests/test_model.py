@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from tests.conftest import encoded_records, model_config
-from zimdb import text
-from zimdb.batching import Encoded, batch_indices
+from zimdb.data import text
 from zimdb.errors import PipelineError
-from zimdb.model import SentimentLSTM
-from zimdb.model_file import ModelFile
-from zimdb.trained_model import TrainedModel
-from zimdb.training import Stepper
+from zimdb.model.batches import Encoded, batch_indices
+from zimdb.model.file import ModelFile
+from zimdb.model.lstm import SentimentLSTM
+from zimdb.scoring.lstm import TrainedModel
+from zimdb.training.step import Stepper
 
 ARCHITECTURES = [
     dict(),  # the original: one layer, last real token

@@ -14,7 +14,7 @@ import pytest
 
 from stages import download
 from tests.conftest import NEGATIVE, POSITIVE, ROOT, imdb_reviews, imdb_script, write_params
-from zimdb import modelscope_source
+from zimdb.data import modelscope as modelscope_source
 from zimdb.errors import run
 
 OFFLINE_COMMAND = (

@@ -84,7 +84,7 @@ def test_stage_exits_with_one_line_and_no_traceback(tmp_path):
 
 
 def test_cuda_device_without_gpu_is_a_clear_error(monkeypatch):
-    from zimdb import device
+    from zimdb.model import device
 
     monkeypatch.setattr(device.torch.cuda, "is_available", lambda: False)
     with pytest.raises(PipelineError, match="train.device is 'cuda' but no CUDA GPU is visible"):

@@ -17,19 +17,19 @@ import pandas as pd
 import pytest
 import torch
 
-import zimdb.model
+import zimdb.model.lstm
 from stages import train as train_stage
 from tests.conftest import ROOT, encoded_records, model_config, write_params
 from tests.test_training_runs import TINY, train_here, workdir
-from zimdb import device as device_module
-from zimdb import precision as precision_module
-from zimdb.batching import Encoded
 from zimdb.errors import PipelineError
-from zimdb.model import Logits, SentimentLSTM
-from zimdb.model_file import ModelFile
-from zimdb.precision import Precision, for_scoring, for_training
-from zimdb.trained_model import TrainedModel
-from zimdb.training import Stepper
+from zimdb.model import device as device_module
+from zimdb.model import precision as precision_module
+from zimdb.model.batches import Encoded
+from zimdb.model.file import ModelFile
+from zimdb.model.lstm import Logits, SentimentLSTM
+from zimdb.model.precision import Precision, for_scoring, for_training
+from zimdb.scoring.lstm import TrainedModel
+from zimdb.training.step import Stepper
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 KEY = "params.yaml: train.precision"
@@ -153,7 +153,7 @@ def test_checkpointing_under_autocast_recomputes_exactly(monkeypatch):
     plain.backward(window())
     checkpointed = scaled_bf16(checkpointing=True)
     checkpointed.backward(window())
-    monkeypatch.setattr(zimdb.model, "checkpoint", lambda fn, *args, use_reentrant: fn(*args))
+    monkeypatch.setattr(zimdb.model.lstm, "checkpoint", lambda fn, *args, use_reentrant: fn(*args))
     chunked = scaled_bf16(checkpointing=True)  # the same chunks of 25 steps, nothing recomputed
     chunked.backward(window())
     # The recomputation in backward repeats its forward bit for bit (autocast state and dropout's

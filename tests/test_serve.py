@@ -25,12 +25,15 @@ import torch
 from fastapi.testclient import TestClient
 
 from tests.conftest import dvc, model_config, python_env, run
-from zimdb import errors, serve, text
-from zimdb.explain import read
-from zimdb.model import SentimentLSTM
-from zimdb.model_file import ModelFile
-from zimdb.serve import MAX_BODY, MAX_TEXTS, ModelWorker, create_app
-from zimdb.trained_model import TrainedModel
+from zimdb import errors
+from zimdb.data import text
+from zimdb.model.file import ModelFile
+from zimdb.model.lstm import SentimentLSTM
+from zimdb.scoring.explain import read
+from zimdb.scoring.lstm import TrainedModel
+from zimdb.serve import __main__ as serve
+from zimdb.serve.app import MAX_BODY, STATIC, create_app
+from zimdb.serve.worker import MAX_TEXTS, ModelWorker
 
 JSON = {"Content-Type": "application/json"}
 MIXED = "The first half is wonderful. But then it all falls apart: dull, boring, a waste."
@@ -524,7 +527,7 @@ def test_health_page_and_openapi(client):
 
 def test_the_page_needs_nothing_from_outside():
     """No CDN: no address anywhere but the SVG namespace, which names and fetches nothing."""
-    for path in sorted(serve.STATIC.iterdir()):
+    for path in sorted(STATIC.iterdir()):
         found = set(re.findall(r"\w+://[^\s\"')]+", path.read_text()))
         assert found <= {"http://www.w3.org/2000/svg"}, (path.name, found)
 

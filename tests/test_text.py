@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from zimdb import text
+from zimdb.data import text
 
 
 def test_clean_strips_tags_keeps_letters_and_apostrophes_lowercases():

@@ -15,15 +15,15 @@ import yaml
 
 from stages import train as train_stage
 from tests.conftest import ROOT, encoded_records, git_init, interruptible, python_env, write_params
-from zimdb import distributed
-from zimdb.artifacts import write_encoded, write_vocab
-from zimdb.batching import Encoded
-from zimdb.explain import read
-from zimdb.inference import logits
-from zimdb.model_file import ModelFile
+from zimdb.data.artifacts import write_encoded, write_vocab
+from zimdb.model.batches import Encoded
+from zimdb.model.file import ModelFile
+from zimdb.model.inference import logits
 from zimdb.paths import MODEL, TRAIN_STATE
-from zimdb.trained_model import TrainedModel
-from zimdb.training import lr_factor
+from zimdb.scoring.explain import read
+from zimdb.scoring.lstm import TrainedModel
+from zimdb.training import distributed
+from zimdb.training.step import lr_factor
 
 TINY = {
     "train.embedding_dim": 16,
@@ -247,7 +247,7 @@ def test_cosine_schedule_decays_from_lr_to_zero_over_the_run():
 
 def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
     from zimdb.errors import PipelineError
-    from zimdb.model import Logits, SentimentLSTM
+    from zimdb.model.lstm import Logits, SentimentLSTM
 
     root = workdir(tmp_path, "nan", **{"train.epochs": 1})
     monkeypatch.chdir(root)
@@ -333,7 +333,7 @@ def test_ddp_with_gloo_on_two_processes(tmp_path, monkeypatch, capfd):
 
 def test_state_from_another_device_or_precision_is_not_resumed(tmp_path):
     from zimdb.params import Train
-    from zimdb.train_state import fingerprint
+    from zimdb.training.state import fingerprint
 
     root = workdir(tmp_path, "fp")
     p = Train(**yaml.safe_load((root / "params.yaml").read_text())["train"])

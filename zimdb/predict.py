@@ -17,12 +17,12 @@ import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
-from zimdb import scorer
-from zimdb.artifacts import atomic_path
-from zimdb.device import resolve
+from zimdb.data.artifacts import atomic_path
 from zimdb.errors import PipelineError, run
+from zimdb.model.device import resolve
 from zimdb.paths import MODEL
-from zimdb.verdict import labels
+from zimdb.scoring import scorer
+from zimdb.scoring.verdict import labels
 
 CHUNK = 8192  # reviews cleaned and encoded at a time: bounded memory for any file size
 WRITERS = {
@@ -103,7 +103,9 @@ def probabilities(texts: pd.Series, trained: scorer.Scorer, batch_size: int) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m zimdb.predict", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("texts", nargs="*", help="reviews to score")
     parser.add_argument("--file", type=Path, help=".txt (one review per line), .csv or .parquet")
     parser.add_argument(

@@ -85,7 +85,7 @@ class SentimentLSTM(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> Logits:
         """Logits for token ids [batch, time] with `lengths` (>= 1) real tokens per row: an empty
-        review is encoded as one PAD (zimdb.text.encode)."""
+        review is encoded as one PAD (zimdb.data.text.encode)."""
         features = self.features(self.states(ids))
         last = features[torch.arange(len(ids), device=ids.device), lengths - 1]
         return Logits(self.head(self.dropout(last)).squeeze(-1), self.head(features).squeeze(-1))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from zimdb.artifacts import atomic_path
+from zimdb.data.artifacts import atomic_path
 from zimdb.errors import PipelineError
 
 SPLITS = ("train", "test")

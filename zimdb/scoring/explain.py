@@ -5,9 +5,9 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from zimdb import text
-from zimdb.scorer import Scorer
-from zimdb.trained_model import TrainedModel
+from zimdb.data import text
+from zimdb.scoring.lstm import TrainedModel
+from zimdb.scoring.scorer import Scorer
 
 
 @dataclass

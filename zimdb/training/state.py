@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zimdb.artifacts import atomic_path
-from zimdb.distributed import Group, broadcast, gather
+from zimdb.data.artifacts import atomic_path
 from zimdb.params import Train
 from zimdb.paths import TRAIN_STATE
-from zimdb.training import Stepper
+from zimdb.training.distributed import Group, broadcast, gather
+from zimdb.training.step import Stepper
 
 # The keys save() writes: a file without exactly these is of another version's layout.
 LAYOUT = {

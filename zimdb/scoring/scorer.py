@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from zimdb.trained_model import TrainedModel
+from zimdb.scoring.lstm import TrainedModel
 
 
 class Scorer(Protocol):
-    """What predict and serve use of a model: TrainedModel and zimdb.baseline.Baseline."""
+    """What predict and serve use of a model: TrainedModel and zimdb.scoring.baseline.Baseline."""
 
     def probabilities(self, texts: pd.Series, batch_size: int) -> np.ndarray: ...
 
@@ -35,7 +35,7 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> Scorer:
     if path.is_file() and is_baseline_file(path):
         # Imported only for a baseline: scikit-learn and skops add about 3 s to the start of
         # predict and serve, which scoring with the LSTM never needs.
-        from zimdb.baseline import Baseline
+        from zimdb.scoring.baseline import Baseline
 
         return Baseline.load(path)
     return TrainedModel.load(path, device)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from zimdb.aclimdb_source import OFFLINE_HINT, SPLITS
+from zimdb.data.aclimdb import OFFLINE_HINT, SPLITS
 from zimdb.errors import PipelineError, one_line
 
 HUB_TIMEOUT = 5  # seconds to wait for the ModelScope hub to answer at all

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sklearn.metrics import accuracy_score
 
-from zimdb import text
-from zimdb.verdict import predicted
+from zimdb.data import text
+from zimdb.scoring.verdict import predicted
 
 CUTS = (10, 20, 40)  # words kept of each review: short texts, as people type on the page
 # Whole reviews by their number of words: [low, high); an LSTM reads the last max_len of them.

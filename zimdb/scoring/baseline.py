@@ -18,8 +18,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 
-from zimdb import text
-from zimdb.artifacts import atomic_path
+from zimdb.data import text
+from zimdb.data.artifacts import atomic_path
 from zimdb.errors import PipelineError
 from zimdb.params import Baseline as BaselineParams
 

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from zimdb.batching import Encoded, batch_indices
+from zimdb.model.batches import Encoded, batch_indices
 
 
 @torch.no_grad()

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from zimdb import text
-from zimdb.batching import Encoded
-from zimdb.inference import logits
-from zimdb.model_file import ModelFile
-from zimdb.precision import Precision, flush_denormals, for_scoring
+from zimdb.data import text
+from zimdb.model.batches import Encoded
+from zimdb.model.file import ModelFile
+from zimdb.model.inference import logits
+from zimdb.model.precision import Precision, flush_denormals, for_scoring
 
 
 @dataclass

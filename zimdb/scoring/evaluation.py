@@ -1,6 +1,6 @@
 """What every model's stage reports on the test split, so that the models sit side by side in
 `dvc metrics show` and on the same charts: loss, accuracy, precision, recall, F1 and ROC AUC,
-the ROC curve, and accuracy by review length (zimdb.by_length)."""
+the ROC curve, and accuracy by review length (zimdb.scoring.by_length)."""
 
 from collections.abc import Callable
 
@@ -9,8 +9,8 @@ import pandas as pd
 from dvclive import Live
 from sklearn import metrics
 
-from zimdb import by_length
-from zimdb.verdict import predicted
+from zimdb.scoring import by_length
+from zimdb.scoring.verdict import predicted
 
 
 def scores(

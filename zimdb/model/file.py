@@ -3,7 +3,7 @@
 The file holds the model's config and weights, the vocabulary and the encode settings it was
 trained with, and the precision it was trained in. Given model.pt alone, predict, the web
 service or anyone else cleans, encodes and scores a review exactly as the pipeline did,
-whatever params.yaml or data/ say now (zimdb.trained_model does the scoring).
+whatever params.yaml or data/ say now (zimdb.scoring.lstm does the scoring).
 """
 
 import zipfile
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from zimdb.artifacts import atomic_path
+from zimdb.data.artifacts import atomic_path
 from zimdb.errors import PipelineError
-from zimdb.model import ModelConfig, SentimentLSTM
+from zimdb.model.lstm import ModelConfig, SentimentLSTM
 
 
 @dataclass
