@@ -1,11 +1,11 @@
-"""Where two data-parallel CPU processes spend a training step: `uv run python -m benchmarks.ddp
-[--archive PATH] [--steps N]`.
+"""Data-parallel CPU processes against one: `uv run python -m benchmarks.ddp [--archive PATH]
+[--steps N]`.
 
-Encodes the real data, then times a step of the train stage's shape (its model, batches dealt to
-the ranks in runs of about the same width, Adam, no accumulation) in one process on every core,
-and in two gloo processes of one thread each (as torchrun starts them), split into forward,
-backward and optimizer step; the gradient all-reduce is the backward with gradient sync less the
-same backward without.
+Encodes the real data, then times the train stage's loop (zimdb.training.run, params.yaml's
+train section) over the same number of micro-batches per process in one process on every core,
+and in two gloo processes of one thread each, as torchrun starts them for
+`train.nproc_per_node: 2` (batches dealt to the ranks in runs of about the same width,
+gradients all-reduced once per window).
 """
 
 import argparse
@@ -14,92 +14,64 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-from benchmarks.run import ARCHIVE, data_stages, project_model, train_params
-from zimdb.data.artifacts import read_encoded, read_vocab
-from zimdb.model.batches import Encoded, batch_indices
-from zimdb.model.precision import flush_denormals, for_training
-
-
-def phases(model, optimizer, batches: list, precision, sync: bool) -> tuple[dict[str, float], int]:
-    """Seconds spent in each phase over `batches`, one optimizer step per batch; samples seen."""
-    spent = dict.fromkeys(("forward", "backward", "optimizer"), 0.0)
-    for ids, lengths, labels in batches:
-        start = time.perf_counter()
-        with model.no_sync() if isinstance(model, DDP) and not sync else nullcontext():
-            with precision.autocast():
-                out = model(ids, lengths).verdict
-            loss = F.binary_cross_entropy_with_logits(out.float(), labels)
-            forward = time.perf_counter()
-            loss.backward()
-        backward = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        spent["forward"] += forward - start
-        spent["backward"] += backward - forward
-        spent["optimizer"] += time.perf_counter() - backward
-    return spent, sum(len(labels) for _, _, labels in batches)
+from benchmarks.run import ARCHIVE, data_stages, load_split, train_params
+from zimdb.model.device import prepare
+from zimdb.model.precision import for_training
+from zimdb.paths import ENCODED
+from zimdb.training import distributed
+from zimdb.training.run import assemble, train_windows, windows
 
 
-def run(encoded: Path, steps: int, rank: int, world: int) -> None:
+def worker(encoded: Path, steps: int) -> None:
+    """One process's share: `steps` micro-batches of the stage's loop, timed after a warm-up."""
     cpu = torch.device("cpu")
-    flush_denormals(cpu)
+    group = distributed.init("cpu")
+    prepare(cpu)
     p = train_params()
+    train, encoding = load_split(encoded, "train", cpu)
     precision = for_training(p.precision, cpu, "params.yaml: train.precision")
-    vocab_size = len(read_vocab(encoded.parents[1] / "vocab.txt"))
-    train = Encoded.from_records(read_encoded(encoded, vocab_size), cpu)
-    order = batch_indices(train.lengths_np, p.batch_size, np.random.default_rng(0), together=world)
-    batches = train.batches(order[rank : steps * world : world])
-    model = project_model(p, vocab_size, cpu).train()
-    model = DDP(model) if world > 1 else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
-    phases(model, optimizer, batches[:2], precision, sync=True)  # warm-up: threads, gloo buffers
-    for sync in (False, True) if world > 1 else (True,):
-        spent, seen = phases(model, optimizer, batches, precision, sync)
-        total = torch.tensor([sum(spent.values()), seen], dtype=torch.float64)
-        if world > 1:
-            dist.all_reduce(total, op=dist.ReduceOp.MAX)  # the slower rank sets the pace
-        if rank == 0:
-            rate = seen * world / total[0].item()
-            label = f"{world} process{'es' if world > 1 else ''}" + (
-                "" if world == 1 else (", gradients all-reduced" if sync else ", no sync")
-            )
-            ms = ", ".join(f"{k} {1000 * v / len(batches):.0f}" for k, v in spent.items())
-            print(f"  {label:<38} {rate:6.0f} samples/s; ms per step: {ms}", flush=True)
+    run = assemble(p, len(encoding.vocab), encoding.max_len, len(train), cpu, precision, group)
+    mine = windows(run, train, np.random.default_rng(0))
+    train_windows(run, mine[:2], 1)  # warm-up: threads, oneDNN's kernels, gloo's buffers
+    start = time.perf_counter()
+    counts = train_windows(run, mine[2 : 2 + steps // p.grad_accum_steps], 1)
+    seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+    if group.enabled:
+        torch.distributed.all_reduce(seconds, op=torch.distributed.ReduceOp.MAX)  # the slowest
+    samples = distributed.all_sum(group, counts)[2].item()
+    if group.is_main:
+        label = f"{group.world_size} process(es) of {torch.get_num_threads()} thread(s)"
+        print(f"  {label:<32} {samples / seconds.item():6.0f} samples/s", flush=True)
+    distributed.shutdown(group)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
-    parser.add_argument("--steps", type=int, default=60, help="steps timed per process")
+    parser.add_argument("--steps", type=int, default=60, help="micro-batches timed per process")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:  # one of torchrun's processes
-        dist.init_process_group("gloo")
-        run(args.worker, args.steps, dist.get_rank(), dist.get_world_size())
-        dist.destroy_process_group()
+    if args.worker:
+        worker(args.worker, args.steps)
         return
     with tempfile.TemporaryDirectory() as tmp:
         data_stages(args.archive, Path(tmp))
-        encoded = Path(tmp) / "data/encoded/train.npy"
+        encoded = Path(tmp) / ENCODED
         p = train_params()
         print(
-            f"train stage's step, batches of {p.batch_size}, train.precision {p.precision}, "
-            f"{args.steps} steps per process:"
+            f"the train stage's loop, batches of {p.batch_size}, train.precision {p.precision}, "
+            f"{args.steps} micro-batches per process:"
         )
-        run(encoded, args.steps, 0, 1)
+        worker_args = ["-m", "benchmarks.ddp", "--worker", str(encoded), "--steps", str(args.steps)]
+        subprocess.run([sys.executable, *worker_args], check=True)
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        worker = ["-m", "benchmarks.ddp", "--worker", str(encoded), "--steps", str(args.steps)]
         env = dict(os.environ, OMP_NUM_THREADS="1")  # what torchrun sets for >1 process
-        subprocess.run([*torchrun, "--nproc_per_node=2", *worker], check=True, env=env)
+        subprocess.run([*torchrun, "--nproc_per_node=2", *worker_args], check=True, env=env)
 
 
 if __name__ == "__main__":

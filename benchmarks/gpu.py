@@ -1,81 +1,102 @@
-"""The CUDA paths checked and timed on one GPU, in one command of under 5 minutes:
-`uv run python -m benchmarks.gpu [--encoded data/encoded]`.
+"""The GPU check: `bash benchmarks/gpu.sh [--quick]` on a GPU machine with its own torch, or
+`uv run python -m benchmarks.gpu [--quick]` in this project's environment.
 
-With params.yaml's model and batch size, through the train stage's own loop (Stepper, bucketed
-batches), it prints:
+Everything runs through the train stage's own functions (zimdb.training.run: assemble, windows,
+epoch; the stage's Stepper and all_sum) with params.yaml's train section:
 
-1. an epoch of the train split in fp32, fp16 with GradScaler, and bf16 where the GPU has it:
-   seconds, samples/s and utilisation against the datasheet peak (zimdb.model.device.GPU_PEAK);
-2. GradScaler under fp16: a window with an inf gradient is skipped with the weights unchanged
-   and the scale halved, and the next window steps;
-3. peak memory (max_memory_allocated) of 8 steps of full-width 64 x max_len batches, with and
-   without gradient checkpointing, under fp16;
-4. accumulation: the gradients of 4 micro-batches against those of one batch holding the same
-   reviews, in fp32 and fp16.
+1. bf16: the dtype the LSTM computes in under bf16 autocast, and whether the run scales losses;
+2. an epoch per precision (fp32, fp16 with GradScaler, bf16 where the device has it), after a
+   first epoch that warms every batch width up: its time and the utilisation the train log
+   would print, and fp16's speed over fp32's;
+3. no host sync inside a step: 20 optimizer steps under torch.cuda.set_sync_debug_mode("error");
+4. GradScaler: a window with an inf gradient is skipped (weights unchanged, scale halved) and
+   the next one steps;
+5. accumulation: the gradients of 4 micro-batches against one batch of the same reviews;
+6. gradient checkpointing: what `auto` decides here, and the memory a step takes over the
+   resident data and model (max_memory_allocated) and its time, on and off;
+7. two data-parallel processes on the one device over gloo, through DDP and all_sum.
 
-It reads data/encoded/train.npy (after `dvc repro encode`) or, where that is absent, makes
-reviews of IMDB's lengths at random, and says which. Exits 1 if a check of 2 or 4 fails.
-`--device cpu --reviews 256` runs the same code on a CPU (bf16 with an enabled scaler for 2), as
-the test suite does, so that nothing here first runs on the day a GPU is at hand.
+Budget on an H100/H200: about 3 minutes in all, and never over 8 (the device call's limit);
+`--quick` (4,096 reviews) about 1 minute. It reads data/encoded (after `dvc repro encode`, or
+carried to the GPU machine) or makes reviews of IMDB's lengths at random, and says which.
+Exits 1 if a check fails. `--device cpu` runs the same code on a CPU (bf16 with an enabled
+scaler in place of fp16), as the rehearsal and the test suite do (with `--small`: a small model
+and short reviews, where bf16 is emulated).
 """
 
 import argparse
+import dataclasses
+import os
+import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from zimdb import params
-from zimdb.data.artifacts import encoded_dtype
-from zimdb.model.batches import Encoded, batch_indices
-from zimdb.model.device import peak_flops
-from zimdb.model.lstm import ModelConfig, SentimentLSTM
-from zimdb.model.precision import Precision, native_bf16
-from zimdb.paths import ENCODED
-from zimdb.training.step import Stepper, lr_factor
+from zimdb.data.artifacts import encoded_dtype, read_encoded
+from zimdb.data.encoding import Encoding, read_encoding
+from zimdb.model.batches import Encoded
+from zimdb.model.device import prepare
+from zimdb.model.precision import for_training, native_bf16
+from zimdb.paths import ENCODED, ENCODING
+from zimdb.training import distributed
+from zimdb.training.run import Run, assemble, epoch, windows
 
 ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"embedding_dim": 16, "hidden_dim": 32}  # --small: the model, and reviews of 40 words
+SMALL_MAX_LEN = 40
 
 
-def reviews(encoded: Path, vocab_size: int, max_len: int, limit: int, device) -> Encoded:
-    path = encoded / "train.npy"
-    if path.exists():
-        records = np.load(path, allow_pickle=False)[:limit]
-        print(f"data: {len(records):,} reviews of {path}")
+def load(folder: Path, reviews: int, small: bool, device) -> tuple[Encoded, Encoded, Encoding]:
+    """Train (`reviews` of them) and val, from `folder` or made at random."""
+    if (folder / ENCODING.name).exists() and not small:
+        encoding = read_encoding(folder / ENCODING.name)
+        size, width = len(encoding.vocab), encoding.max_len
+        train, val = (read_encoded(folder / f"{s}.npy", size, width) for s in ("train", "val"))
+        train = train[:reviews]
+        print(f"data: {len(train):,} train and {len(val):,} val reviews of {folder}")
     else:
-        rng = np.random.default_rng(0)
-        records = np.zeros(limit, dtype=encoded_dtype(vocab_size, max_len))
-        # IMDB's cleaned reviews: median about 175 words, a long tail cut at max_len.
-        lengths = np.clip(rng.lognormal(np.log(175), 0.7, limit), 5, max_len).astype(int)
-        records["length"], records["label"] = lengths, rng.integers(0, 2, limit)
-        records["ids"] = rng.integers(2, vocab_size, (limit, max_len))
-        records["ids"][np.arange(max_len) >= lengths[:, None]] = 0
-        print(f"data: {limit:,} random reviews of IMDB-like lengths ({path} is absent)")
-    return Encoded.from_records(records, device)
+        vocab_size = params.load("vocab", ROOT / "params.yaml").size
+        width = SMALL_MAX_LEN if small else params.load("encode", ROOT / "params.yaml").max_len
+        vocab = ["<pad>", "<unk>"] + [f"w{i}" for i in range(vocab_size - 2)]
+        encoding = Encoding(vocab, width, "tail")
+        train, val = random_reviews(reviews, encoding, 0), random_reviews(reviews // 9, encoding, 1)
+        print(f"data: {reviews:,} random reviews of IMDB-like lengths ({folder} not read)")
+    return Encoded.from_records(train, device), Encoded.from_records(val, device), encoding
 
 
-def model(p: params.Train, vocab_size: int, device, checkpointing=False) -> SentimentLSTM:
-    torch.manual_seed(0)
-    built = SentimentLSTM(ModelConfig.from_params(p, vocab_size)).to(device).train()
-    built.grad_checkpointing = checkpointing
-    return built
+def random_reviews(n: int, encoding: Encoding, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    width = encoding.max_len
+    records = np.zeros(n, dtype=encoded_dtype(len(encoding.vocab), width))
+    # IMDB's cleaned reviews: median about 175 words, a long tail cut at max_len.
+    lengths = np.clip(rng.lognormal(np.log(0.7 * width), 0.7, n), 5, width).astype(int)
+    records["length"], records["label"] = lengths, rng.integers(0, 2, n)
+    records["ids"] = rng.integers(2, len(encoding.vocab), (n, width))
+    records["ids"][np.arange(width) >= lengths[:, None]] = 0
+    return records
 
 
-def stepper(built, precision: Precision, scaler=None, grad_clip=0.0, position_weight=0.0):
-    optimizer = torch.optim.Adam(built.parameters(), lr=1e-3)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor("constant", 1))
-    scaler = scaler or precision.grad_scaler()
-    autocast = precision.autocast()
-    return Stepper(
-        built,
-        optimizer,
-        schedule,
-        scaler,
-        autocast,
-        grad_clip=grad_clip,
-        position_weight=position_weight,
+class Check:
+    """Each check's verdict, printed as it comes; failed() at the end decides the exit code."""
+
+    def __init__(self):
+        self.failures: list[str] = []
+
+    def __call__(self, name: str, ok: bool, detail: str) -> bool:
+        print(f"  {detail} -> {'ok' if ok else 'FAILED'}", flush=True)
+        if not ok:
+            self.failures.append(name)
+        return ok
+
+
+def stage_run(p, train: Encoded, encoding: Encoding, precision, group=distributed.ONE) -> Run:
+    return assemble(
+        p, len(encoding.vocab), encoding.max_len, len(train), train.ids.device, precision, group
     )
 
 
@@ -84,107 +105,205 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def epoch(p: params.Train, train: Encoded, precision: Precision, vocab_size: int) -> None:
-    """One epoch as the train stage runs it: the first window is a warm-up, left out."""
-    device = train.ids.device
-    built = model(p, vocab_size, device)
-    run = stepper(
-        built,
-        precision,
-        grad_clip=p.grad_clip,
-        position_weight=p.position_loss,
-    )
-    order = batch_indices(train.lengths_np, p.batch_size, np.random.default_rng(0))
-    batches = train.batches(order)
-    windows = [
-        batches[i : i + p.grad_accum_steps] for i in range(0, len(batches), p.grad_accum_steps)
-    ]
-    run.step(windows[0])
-    sync(device)
-    start, seen, tokens = time.perf_counter(), 0, 0
-    for window in windows[1:]:
-        run.step(window)
-        seen += sum(len(labels) for _, _, labels in window)
-        tokens += sum(ids.numel() for ids, _, _ in window)
-    sync(device)
-    seconds = time.perf_counter() - start
-    achieved = 3 * built.flops_per_token() * tokens / seconds
-    peak = peak_flops(device, precision.dtype)
-    share = f", {achieved / peak:.1%} of the {peak / 1e12:.1f} TFLOP/s peak" if peak else ""
-    print(
-        f"  {precision.name}: {seen / seconds:8.0f} samples/s, epoch of {len(train):,} in "
-        f"{len(train) * seconds / seen:6.1f} s; {achieved / 1e12:.2f} TFLOP/s{share}"
+def weights(run: Run) -> torch.Tensor:
+    return torch.cat([w.detach().flatten().float().clone() for w in run.model.parameters()])
+
+
+def bf16_dtype(p, train, encoding, check: Check) -> None:
+    precision = for_training("bf16", train.ids.device, "bf16")
+    run = stage_run(p, train, encoding, precision)
+    ids = train.ids[:2, :8]
+    with torch.no_grad(), run.precision.autocast():
+        dtype = run.model.states(ids).dtype
+    scaled = run.precision.grad_scaler().is_enabled()
+    consistent = (dtype == torch.bfloat16 and not scaled) or (dtype == torch.float16 and scaled)
+    check(
+        "bf16",
+        consistent,
+        f"under bf16 autocast the LSTM computes in {dtype}; GradScaler "
+        f"{'on' if scaled else 'off'}"
+        + (f" ({run.precision.warning})" if run.precision.warning else ""),
     )
 
 
-def scaler_skips(p: params.Train, train: Encoded, precision: Precision, vocab_size: int) -> bool:
-    device = train.ids.device
-    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**16)  # enabled, as fp16 runs it
-    run = stepper(model(p, vocab_size, device), precision, scaler, grad_clip=1.0)
-    window = train.batches(batch_indices(train.lengths_np, p.batch_size)[:2])
-    before = [w.detach().clone() for w in run.model.parameters()]
-    hook = run.model.head.weight.register_hook(lambda grad: grad * float("inf"))
-    run.step(window)
-    unchanged = all(torch.equal(a, b) for a, b in zip(before, run.model.parameters(), strict=True))
-    halved = scaler.get_scale() == 2.0**15
-    hook.remove()
-    run.step(window)
-    moved = not all(torch.equal(a, b) for a, b in zip(before, run.model.parameters(), strict=True))
-    ok = unchanged and halved and moved
-    print(
-        f"  {precision.name} with GradScaler: inf gradient skipped, weights unchanged: "
-        f"{unchanged}; scale 65536 -> {scaler.get_scale():.0f}; next window stepped: {moved}"
-        f" -> {'ok' if ok else 'FAILED'}"
-    )
-    return ok
-
-
-def peak_memory(p, train: Encoded, precision: Precision, vocab_size: int) -> None:
-    device = train.ids.device
-    longest = train.subset(np.argsort(train.lengths_np)[-8 * p.batch_size :])
-    batches = longest.batches(batch_indices(longest.lengths_np, p.batch_size))
-    for checkpointing in (False, True):
-        built = model(p, vocab_size, device, checkpointing)
-        run = stepper(built, precision, position_weight=p.position_loss)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        for batch in batches:
-            run.step([batch])
-        sync(device)
-        if device.type == "cuda":
-            peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:,.0f} MiB"
-        else:
-            peak = "not measured on a CPU (benchmarks.run (c) reads the RSS)"
-        width = max(ids.shape[1] for ids, _, _ in batches)
+def epochs(p, train, val, encoding, names: list[str]) -> dict[str, float]:
+    """Each precision's second epoch, as the train stage runs and logs it."""
+    seconds = {}
+    for name in names:
+        run = stage_run(p, train, encoding, for_training(name, train.ids.device, name))
+        rng = np.random.default_rng(0)
+        epoch(run, train, val, rng, 1)  # warm-up: cuDNN's or oneDNN's plans for every width
+        metrics = epoch(run, train, val, rng, 2)
+        seconds[name] = metrics["epoch_time_s"]
+        use = f", {metrics['utilisation']:.1%} of peak" if "utilisation" in metrics else ""
         print(
-            f"  checkpointing {'on ' if checkpointing else 'off'}: peak {peak}, 8 steps of "
-            f"{p.batch_size} x {width} tokens"
+            f"  {name}: epoch of {len(train):,} in {metrics['epoch_time_s']:.2f} s "
+            f"({metrics['samples_per_s']:,.0f} samples/s, {metrics['gflops']:,.0f} GFLOP/s{use}); "
+            f"val acc {metrics['val/acc']:.3f}; gradient checkpointing {run.checkpointing}",
+            flush=True,
+        )
+    for name in names[1:]:
+        print(f"  {name} against fp32: {seconds['fp32'] / seconds[name]:.2f} x the speed")
+    return seconds
+
+
+def no_host_sync(p, train, encoding, half, check: Check) -> None:
+    device = train.ids.device
+    if device.type != "cuda":
+        print("  not applicable on a CPU (nothing to wait for)")
+        return
+    for name in ("fp32", half.name):
+        run = stage_run(p, train, encoding, for_training(name, device, name))
+        mine = windows(run, train, np.random.default_rng(0))[:22]
+        for window in mine[:2]:  # warm-up, outside the check
+            run.stepper.step(window.batches)
+        sync(device)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for window in mine[2:]:
+                run.stepper.step(window.batches)
+            error = None
+        except RuntimeError as e:
+            error = str(e).strip().splitlines()[0]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        check(
+            "sync", error is None, f"{name}: 20 optimizer steps " + (error or "made no host sync")
         )
 
 
-def accumulation(p, train: Encoded, precision: Precision, vocab_size: int) -> bool:
+def scaler_skips(p, train, encoding, half, check: Check) -> None:
+    run = stage_run(p.model_copy(update={"grad_clip": 1.0}), train, encoding, half)
+    scaler = run.stepper.scaler
+    window = windows(run, train, np.random.default_rng(0))[0].batches
+    scale, before = scaler.get_scale(), weights(run)
+    hook = run.model.head.weight.register_hook(lambda grad: grad * float("inf"))
+    run.stepper.step(window)
+    unchanged = torch.equal(weights(run), before)
+    halved = scaler.get_scale() == scale / 2
+    hook.remove()
+    run.stepper.step(window)
+    moved = not torch.equal(weights(run), before)
+    check(
+        "scaler",
+        unchanged and halved and moved,
+        f"{half.name} with GradScaler ({type(run.stepper.optimizer).__name__}, fused "
+        f"{run.stepper.optimizer.defaults['fused']}): inf gradient skipped, weights unchanged: "
+        f"{unchanged}; scale {scale:.0f} -> {scaler.get_scale():.0f}; next window stepped: {moved}",
+    )
+
+
+def accumulation(p, train, encoding, precision, check: Check) -> None:
     """4 micro-batches' gradients against one batch of the same reviews (dropout off: the two
     would draw different masks)."""
-    device = train.ids.device
     p = p.model_copy(update={"dropout": 0.0, "word_dropout": 0.0})
-    idx = np.arange(4 * p.batch_size)
+    rows = np.arange(4 * p.batch_size)
     grads = []
-    for pieces in (np.split(idx, 4), [idx]):
-        run = stepper(model(p, vocab_size, device), precision)
-        run.backward(train.batches(pieces))
-        scale = run.scaler.get_scale() if run.scaler.is_enabled() else 1.0
+    for pieces in (np.split(rows, 4), [rows]):
+        run = stage_run(p, train, encoding, precision)
+        run.stepper.backward(train.batches(pieces))
+        scaler = run.stepper.scaler
+        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
         grads.append(torch.cat([w.grad.flatten().float() / scale for w in run.model.parameters()]))
     error = (
         torch.linalg.vector_norm(grads[0] - grads[1]) / torch.linalg.vector_norm(grads[1])
     ).item()
     bound = 1e-5 if precision.name == "fp32" else 3e-2  # half precision: a rounding per op
-    ok = error < bound
-    print(
-        f"  {precision.name}: 4 micro-batches of {p.batch_size} vs one of {4 * p.batch_size}: "
-        f"relative difference {error:.2e} (bound {bound:g}) -> {'ok' if ok else 'FAILED'}"
+    check(
+        "accumulation",
+        error < bound,
+        f"{precision.name}: 4 micro-batches of {p.batch_size} against one of {4 * p.batch_size}: "
+        f"relative difference {error:.2e} (bound {bound:g})",
     )
-    return ok
+
+
+def checkpointing(p, train, encoding, half) -> None:
+    device = train.ids.device
+    run = stage_run(p, train, encoding, half)
+    print(
+        f"  train.grad_checkpointing {p.grad_checkpointing} here: {'on' if run.model.grad_checkpointing else 'off'} ({run.checkpointing})"
+    )
+    longest = train.subset(np.argsort(train.lengths_np)[-8 * p.batch_size :])
+    for on in (False, True):
+        run = stage_run(
+            p.model_copy(update={"grad_checkpointing": on, "grad_accum_steps": 1}),
+            longest,
+            encoding,
+            half,
+        )
+        mine = windows(run, longest, np.random.default_rng(0))
+        run.stepper.step(mine[0].batches)  # warm-up
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            resident = torch.cuda.memory_allocated(device)
+        start = time.perf_counter()
+        for window in mine:
+            run.stepper.step(window.batches)
+        sync(device)
+        ms = 1000 * (time.perf_counter() - start) / len(mine)
+        memory = (
+            f"{(torch.cuda.max_memory_allocated(device) - resident) / 2**20:,.0f} MiB over the "
+            f"resident {resident / 2**20:,.0f} MiB"
+            if device.type == "cuda"
+            else "memory: benchmarks.run (c) on a CPU"
+        )
+        width = mine[0].batches[0][0].shape[1]
+        print(
+            f"  checkpointing {'on ' if on else 'off'}: {ms:.1f} ms a step of {p.batch_size} x {width}; {memory}"
+        )
+
+
+def ddp(args, check: Check) -> None:
+    """Two processes of this check's --ddp-worker on the one device, started by torchrun."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "benchmarks.gpu", "--ddp-worker", "--device", args.device]
+    cmd += ["--encoded", str(args.encoded), "--reviews", str(args.reviews)]
+    cmd += ["--small"] if args.small else []
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("ddp:")]
+    ok = done.returncode == 0 and len(lines) == 1 and lines[0].endswith("ok")
+    detail = (
+        lines[0][5:].rsplit(" -> ", 1)[0]
+        if lines
+        else (done.stderr.strip().splitlines() or ["no output"])[-1]
+    )
+    check(
+        "ddp", ok, f"2 processes over gloo: {detail}" + ("" if ok else f" (exit {done.returncode})")
+    )
+
+
+def ddp_worker(args) -> None:
+    """One of two processes: an epoch of the stage's loop on its half of the batches."""
+    device = torch.device(args.device)
+    group = distributed.init("cpu", backend="gloo")  # gloo, both on the one device
+    prepare(device)
+    p = train_params(args.small)
+    train, val, encoding = load(args.encoded, args.reviews, args.small, device)
+    precision = for_training(p.precision, device, "params.yaml: train.precision")
+    run = stage_run(p, train, encoding, precision, group)
+    mine = windows(run, train, np.random.default_rng(0))
+    metrics = epoch(run, train, val, np.random.default_rng(0), 1)
+    # The batches both processes took, counted by each: all_sum's total must be all of them.
+    dealt = distributed.all_sum(
+        group, torch.tensor([float(sum(w.samples for w in mine))], device=device)
+    )
+    counted = round(metrics["samples_per_s"] * metrics["epoch_time_s"])
+    if group.is_main:
+        ok = counted == int(dealt.item()) and 0 <= metrics["val/acc"] <= 1
+        print(
+            f"ddp: {counted:,} samples counted across the processes, {int(dealt.item()):,} dealt; "
+            f"{metrics['samples_per_s']:,.0f} samples/s -> {'ok' if ok else 'FAILED'}",
+            flush=True,
+        )
+    distributed.shutdown(group)
+
+
+def train_params(small: bool) -> params.Train:
+    p = params.load("train", ROOT / "params.yaml")
+    return p.model_copy(update=SMALL) if small else p
 
 
 def main() -> None:
@@ -192,32 +311,66 @@ def main() -> None:
     parser.add_argument("--encoded", type=Path, default=ROOT / ENCODED)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--reviews", type=int, default=22_500, help="train reviews (an epoch)")
+    parser.add_argument("--quick", action="store_true", help="4,096 reviews: about a minute")
+    parser.add_argument("--small", action="store_true", help="a small model, short reviews")
+    parser.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.reviews = min(args.reviews, 4096)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: no CUDA GPU is visible; --device cpu runs the same code on the CPU")
+    if args.ddp_worker:
+        return ddp_worker(args)
     device = torch.device(args.device)
-    p = params.load("train", ROOT / "params.yaml")
-    vocab_size = params.load("vocab", ROOT / "params.yaml").size
-    max_len = params.load("encode", ROOT / "params.yaml").max_len
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}; torch {torch.__version__}")
-    train = reviews(args.encoded, vocab_size, max_len, args.reviews, device)
-    half = "fp16" if device.type == "cuda" else "bf16"  # the scaled half precision of the device
-    precisions = ["fp32", half] + (
-        ["bf16"] if device.type == "cuda" and native_bf16(device) else []
+    prepare(device)
+    if device.type == "cuda":
+        name = f"{torch.cuda.get_device_name(device)}, cuDNN {torch.backends.cudnn.version()}"
+        name += f", TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'} for cuDNN"
+    else:
+        name = f"CPU ({torch.backends.cpu.get_cpu_capability()})"
+    print(f"device: {name}; torch {torch.__version__}; Python {sys.version.split()[0]}")
+    start = time.perf_counter()
+    p = train_params(args.small)
+    train, val, encoding = load(args.encoded, args.reviews, args.small, device)
+    # The device's half precision, with GradScaler: fp16 on CUDA; on a CPU, which has no fp16
+    # LSTM, bf16 with the scaler turned on, to run the scaler's calls.
+    if device.type == "cuda":
+        half = for_training("fp16", device, "fp16")
+    else:
+        half = dataclasses.replace(for_training("bf16", device, "bf16"), scaled=True, warning=None)
+    names = ["fp32"] + (["fp16"] if device.type == "cuda" else [])
+    names += ["bf16"] if native_bf16(device) or (device.type == "cpu" and args.small) else []
+    check = Check()
+    sections = [
+        ("1. bf16 autocast", lambda: bf16_dtype(p, train, encoding, check)),
+        ("2. an epoch per precision", lambda: epochs(p, train, val, encoding, names)),
+        ("3. no host sync inside a step", lambda: no_host_sync(p, train, encoding, half, check)),
+        ("4. GradScaler", lambda: scaler_skips(p, train, encoding, half, check)),
+        (
+            "5. gradient accumulation",
+            lambda: [
+                accumulation(p, train, encoding, x, check)
+                for x in (for_training("fp32", device, "fp32"), half)
+            ],
+        ),
+        ("6. gradient checkpointing", lambda: checkpointing(p, train, encoding, half)),
+        ("7. data-parallel processes", lambda: ddp(args, check)),
+    ]
+    for title, section in sections:
+        print(f"\n{title}", flush=True)
+        if title.startswith("1.") and not (native_bf16(device) or device.type == "cpu"):
+            print("  this device has no bf16")
+            continue
+        try:
+            section()
+        except Exception as e:  # one section's crash is its failure; the others still run
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            check(title, False, f"{type(e).__name__}: {reason} ({where.filename}:{where.lineno})")
+    print(
+        f"\n{len(check.failures) or 'no'} check(s) failed; {time.perf_counter() - start:.0f} s in all"
     )
-    chosen = {name: Precision(name, device.type, "benchmark") for name in precisions}
-
-    print("\n1. an epoch through the train stage's loop")
-    for precision in chosen.values():
-        epoch(p, train, precision, vocab_size)
-    print("\n2. GradScaler")
-    ok = scaler_skips(p, train, chosen[half], vocab_size)
-    print("\n3. peak memory, gradient checkpointing off and on")
-    peak_memory(p, train, chosen[half], vocab_size)
-    print("\n4. gradient accumulation")
-    ok &= all(accumulation(p, train, chosen[name], vocab_size) for name in ("fp32", half))
-    sys.exit(0 if ok else 1)
+    sys.exit(1 if check.failures else 0)
 
 
 if __name__ == "__main__":

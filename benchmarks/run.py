@@ -1,12 +1,14 @@
 """Benchmarks on the real data: `uv run python -m benchmarks.run [--archive PATH] [--steps N]`.
 
-Prints measured figures only: data stages wall time; train and evaluation speed of the project's
-loop, in each precision this machine runs natively, next to a reference loop written the original
-way (a Dataset that cleans and tokenises in __getitem__, every batch padded to max_len, a default
-DataLoader), as ratios from the same run; the original configuration (forget_bias 0) with and
-without flushing denormals; peak memory with and without gradient checkpointing; and the loop's
-achieved LSTM FLOP/s against a matmul in the same precision measured in the same run. The model
-is params.yaml's; the CUDA checks are benchmarks/gpu.py.
+Prints measured figures only: data stages wall time; the train stage's loop and evaluation, in
+each precision this machine runs natively, next to a reference loop written the original way (a
+Dataset that cleans and tokenises in __getitem__, every batch padded to max_len, a default
+DataLoader), as ratios from the same run; the loop with glibc's allocator as it comes and as
+the stage prepares it; the original configuration (forget_bias 0) with and without flushing
+denormals; peak memory with and without gradient checkpointing; and the loop's achieved LSTM
+FLOP/s against a matmul in the same precision measured in the same run. The run is the train
+stage's own (zimdb.training.run) on params.yaml's train section; the CUDA checks are
+benchmarks/gpu.py.
 """
 
 import argparse
@@ -29,16 +31,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from zimdb import params
-from zimdb.data.artifacts import read_encoded, read_vocab
-from zimdb.model.batches import Encoded, batch_indices
-from zimdb.model.device import matmul_flops
+from zimdb.data.artifacts import read_encoded
+from zimdb.data.encoding import Encoding, read_encoding
+from zimdb.model.batches import Encoded
+from zimdb.model.device import matmul_flops, prepare
 from zimdb.model.file import ModelFile
 from zimdb.model.inference import logits
-from zimdb.model.lstm import ModelConfig, SentimentLSTM
-from zimdb.model.precision import Precision, flush_denormals, native_bf16
+from zimdb.model.precision import for_training, native_bf16
 from zimdb.params import Train
-from zimdb.paths import MODEL
-from zimdb.training.step import Stepper
+from zimdb.paths import ENCODED, ENCODING, MODEL
+from zimdb.training.run import Run, assemble, train_windows, windows
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared/data/aclImdb_v1_labeled.tar.gz"
@@ -85,7 +87,7 @@ class OriginalDataset(Dataset):
 
 
 class OriginalModel(nn.Module):
-    """Same size as SentimentLSTM; reads the final hidden state, after the padding."""
+    """Same size as the project's model; reads the final hidden state, after the padding."""
 
     def __init__(self, vocab_size):
         super().__init__()
@@ -133,67 +135,46 @@ def train_params(**overrides) -> Train:
     return params.load("train", ROOT / "params.yaml").model_copy(update=overrides)
 
 
-def project_model(p: Train, vocab_size: int, device) -> SentimentLSTM:
-    torch.manual_seed(0)
-    return SentimentLSTM(ModelConfig.from_params(p, vocab_size)).to(device)
-
-
-def project_train(
-    train: Encoded, vocab_size: int, steps: int, p: Train, precision: Precision, checkpointing=False
-):
-    """Samples/s, tokens/s of the train stage's loop (bucketed batches, Stepper) over `steps`
-    micro-batches of train.batch_size, train.grad_accum_steps to a window."""
+def stage_run(p: Train, train: Encoded, encoding: Encoding, precision: str) -> Run:
+    """The train stage's run of params `p` on `train`, in `precision` (auto, fp32, bf16, ...)."""
     device = train.ids.device
-    model = project_model(p, vocab_size, device)
-    model.grad_checkpointing = checkpointing
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=p.lr)
-    stepper = Stepper(
-        model,
-        opt,
-        torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
-        precision.grad_scaler(),
-        precision.autocast(),
-        grad_clip=p.grad_clip,
-        position_weight=p.position_loss,
-    )
-    batches = batch_indices(train.lengths_np, p.batch_size, np.random.default_rng(0))[:steps]
-    seen = tokens = 0
-    if device.type == "cuda":
+    chosen = for_training(precision, device, "benchmark precision")
+    return assemble(p, len(encoding.vocab), encoding.max_len, len(train), device, chosen)
+
+
+def time_loop(run: Run, train: Encoded, steps: int) -> tuple[float, float]:
+    """Samples/s and tokens/s of the train stage's loop over its first windows holding `steps`
+    micro-batches (a random epoch order, as the stage draws it)."""
+    mine = windows(run, train, np.random.default_rng(0))[: max(steps // run.p.grad_accum_steps, 1)]
+    if run.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for i in range(0, len(batches), p.grad_accum_steps):
-        micro = train.batches(batches[i : i + p.grad_accum_steps])
-        stepper.step(micro)
-        seen += sum(len(y) for _, _, y in micro)
-        tokens += sum(ids.numel() for ids, _, _ in micro)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _, _, samples, tokens = train_windows(run, mine, 1).tolist()
     seconds = time.perf_counter() - start
-    return seen / seconds, tokens / seconds
+    return samples / seconds, tokens / seconds
 
 
-def lstm_kernel(train: Encoded, steps: int, p: Train, precision: Precision) -> float:
+def lstm_kernel(train: Encoded, steps: int, p: Train, dtype: torch.dtype) -> float:
     """Samples/s of nn.LSTM's forward and backward alone on random inputs of the loop's batch
     shapes: no embedding, head, optimizer or data work. The loop cannot beat this."""
     torch.manual_seed(0)
     device = train.ids.device
     lstm = nn.LSTM(p.embedding_dim, p.hidden_dim, batch_first=True).to(device)
-    batches = batch_indices(train.lengths_np, p.batch_size, np.random.default_rng(0))[:steps]
-    inputs = [
-        torch.randn(len(b), int(train.lengths_np[b].max()), p.embedding_dim, device=device)
-        for b in batches
-    ]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    widths = [b[0].shape[1] for b in train.batches(batches_of(train, p.batch_size)[:steps])]
+    inputs = [torch.randn(p.batch_size, w, p.embedding_dim, device=device) for w in widths]
     start = time.perf_counter()
     for x in inputs:
-        with precision.autocast():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             out, _ = lstm(x)
         out[:, -1].float().sum().backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+    return p.batch_size * len(inputs) / (time.perf_counter() - start)
+
+
+def batches_of(train: Encoded, size: int) -> list[np.ndarray]:
+    order = np.random.default_rng(0).permutation(len(train))
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def lstm_shaped_matmul_flops(device, steps: int, p: Train, dtype, seconds: float = 0.5) -> float:
@@ -216,14 +197,40 @@ def lstm_shaped_matmul_flops(device, steps: int, p: Train, dtype, seconds: float
     return n * 2 * b * steps * 4 * h * (e + h) / (time.perf_counter() - start)
 
 
-def project_eval(data: Encoded, vocab_size: int, p: Train, precision: Precision) -> float:
-    model = project_model(p, vocab_size, data.ids.device).eval()
+def eval_speed(run: Run, data: Encoded) -> float:
+    """Reviews/s of the stage's scoring (zimdb.model.inference.logits) with the run's model."""
     start = time.perf_counter()
-    logits(model, data, 256, precision.autocast())
+    logits(run.model, data, 256, run.stepper.autocast)
     return len(data) / (time.perf_counter() - start)
 
 
-def peak_rss_mb(checkpointing: bool, encoded: Path, vocab_size: int, steps: int):
+def child(code: str) -> list[str]:
+    """`code` run in a fresh process of this environment; its stdout's words."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    return out.stdout.split()
+
+
+def allocator(encoded: Path, steps: int, as_prepared: bool) -> tuple[float, float]:
+    """Samples/s of the stage's loop and minor page faults per second, in a fresh process whose
+    CPU is prepared as the stage prepares it, or with glibc's allocator as it comes (denormals
+    flushed either way)."""
+    setup = "prepare(cpu)" if as_prepared else "torch.set_flush_denormal(True)"
+    code = (
+        "import resource, time, torch; from benchmarks.run import *; cpu = torch.device('cpu'); "
+        f"{setup}; t, w = load_split('{encoded}', 'train', cpu); "
+        "run = stage_run(train_params(), t, w, 'auto'); time_loop(run, t, 4); "
+        "f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; s = time.perf_counter(); "
+        f"rate, _ = time_loop(run, t, {steps}); "
+        "print(rate, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f) / "
+        "(time.perf_counter() - s))"
+    )
+    rate, faults = child(code)
+    return float(rate), float(faults)
+
+
+def peak_rss_mb(checkpointing: bool, encoded: Path, steps: int) -> tuple[float, float]:
     """RSS of a fresh process with the data loaded, and its peak over `steps` train micro-batches
     of the longest reviews (full-width batches: the step that sets a run's peak), in the
     precision train.precision gives here.
@@ -232,24 +239,26 @@ def peak_rss_mb(checkpointing: bool, encoded: Path, vocab_size: int, steps: int)
     carries ru_maxrss across exec, so a child would start at this process's own peak.
     """
     code = (
-        "import re, torch; from benchmarks.run import *; "
-        "from zimdb.model.precision import for_training; "
+        "import re, torch; from benchmarks.run import *; cpu = torch.device('cpu'); "
         "mib = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read())"
-        "[1]) / 1024; "
-        "p = train_params(grad_accum_steps=1); "
-        "precision = for_training(p.precision, torch.device('cpu'), 'train.precision'); "
-        f"t = Encoded.from_records(read_encoded('{encoded}', {vocab_size}), torch.device('cpu')); "
+        "[1]) / 1024; prepare(cpu); "
+        f"p = train_params(grad_accum_steps=1, grad_checkpointing={checkpointing}); "
+        f"t, w = load_split('{encoded}', 'train', cpu); "
         "t = t.subset(np.argsort(t.lengths_np)[-8 * p.batch_size:]); "
-        "open('/proc/self/clear_refs', 'w').write('5'); "
-        "print(mib('VmRSS')); "
-        f"project_train(t, {vocab_size}, {steps}, p, precision, checkpointing={checkpointing}); "
-        "print(mib('VmHWM'))"
+        "run = stage_run(p, t, w, 'auto'); "
+        "open('/proc/self/clear_refs', 'w').write('5'); print(mib('VmRSS')); "
+        f"time_loop(run, t, {steps}); print(mib('VmHWM'))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True
-    )
-    before, peak = (float(v) for v in out.stdout.split()[-2:])
+    before, peak = (float(v) for v in child(code)[-2:])
     return before, peak
+
+
+def load_split(encoded: Path | str, split: str, device) -> tuple[Encoded, Encoding]:
+    """An encoded split of the folder `encoded` on `device`, and its Encoding."""
+    encoding = read_encoding(Path(encoded) / ENCODING.name)
+    size, width = len(encoding.vocab), encoding.max_len
+    records = read_encoded(Path(encoded) / f"{split}.npy", size, width)
+    return Encoded.from_records(records, device), encoding
 
 
 def noop_repro(archive: Path, work: Path, repeats: int = 3) -> list[float]:
@@ -291,7 +300,7 @@ def predict_speed(work: Path, precision: str) -> tuple[float, float] | None:
         return None
     file = ModelFile.load(ROOT / MODEL)
     model = work / f"model-{precision}.pt"
-    ModelFile(file.model, file.vocab, file.max_len, file.truncate, precision).save(model)
+    ModelFile(file.model, file.encoding, precision).save(model)
     cmd = [sys.executable, "-m", "zimdb.predict", "--model", str(model)]
     start = time.perf_counter()
     subprocess.run([*cmd, "A wonderful film."], cwd=ROOT, check=True, capture_output=True)
@@ -308,11 +317,10 @@ def predict_speed(work: Path, precision: str) -> tuple[float, float] | None:
     return first, len(reviews) / (time.perf_counter() - start)
 
 
-def precisions(device: torch.device) -> list[Precision]:
+def precisions(device: torch.device) -> list[str]:
     """fp32, and every lower precision this device runs natively."""
     names = ["fp32"] + (["fp16"] if device.type == "cuda" else [])
-    names += ["bf16"] if native_bf16(device) else []
-    return [Precision(name, device.type, "benchmark") for name in names]
+    return names + (["bf16"] if native_bf16(device) else [])
 
 
 def main() -> None:
@@ -322,12 +330,17 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = native_bf16(device)
-    cpu = torch.cpu.get_capabilities().get("cpu_name", "unknown CPU")
+    caps = {
+        k: os.environ[k]
+        for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+        if k in os.environ
+    }
     print(
-        f"machine: {cpu}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
-        f"device {device}, native bf16: {bf16 or 'none'}"
+        f"machine: {cpu_name()}, {torch.get_num_threads()} CPU threads, torch "
+        f"{torch.__version__}, device {device}, native bf16: {bf16 or 'none'}"
+        + (f"; capped: {caps}" if caps else "")
     )
-    flush_denormals(device)  # as the train stage does; (b') turns it off and on again
+    prepare(device)  # as the train stage does; (b') turns the flush off and on again
     p = train_params()
     runs = precisions(device)
     if not bf16:
@@ -341,90 +354,89 @@ def main() -> None:
             print(f"  {stage:<10} {seconds:6.1f} s")
         print(f"  {'total':<10} {sum(times.values()):6.1f} s")
 
-        vocab = read_vocab(work / "data/vocab.txt")
-        records = read_encoded(work / "data/encoded/train.npy", len(vocab))
-        train = Encoded.from_records(records, device)
+        encoded = work / ENCODED
+        train, encoding = load_split(encoded, "train", device)
+        test, _ = load_split(encoded, "test", device)
+        vocab = encoding.vocab
         raw = pd.read_parquet(work / "data/clean/train.parquet")  # same reviews, original loader
         word_to_id = {w: i for i, w in enumerate(vocab[:ORIGINAL_VOCAB])}
         original = OriginalDataset(raw.text.tolist(), raw.label.tolist(), word_to_id, 250)
         shuffled = DataLoader(original, batch_size=BATCH, shuffle=True)
-        test = Encoded.from_records(
-            read_encoded(work / "data/encoded/test.npy", len(vocab)), device
-        )
         n = len(train)
 
         print(
             f"\n(b) training, {args.steps} micro-batches: the reference (batch {BATCH}, "
-            f"accumulation {ACCUM}, fp32) against the project's loop (params.yaml: batch "
+            f"accumulation {ACCUM}, fp32) against the train stage's loop (params.yaml: batch "
             f"{p.batch_size}, accumulation {p.grad_accum_steps})"
         )
         ref = reference_train(shuffled, args.steps)
         print(f"  reference loop       {ref:7.0f} samples/s  (epoch of {n:,}: {n / ref:5.0f} s)")
-        rates, peaks = {}, {}
-        for precision in runs:
+        rates, peaks, stage_runs = {}, {}, {}
+        for name in runs:
+            stage_runs[name] = run = stage_run(p, train, encoding, name)
             # The host's speed drifts within a run: (e) compares the loop with the faster of two
             # matmul readings taken right before and right after it, never one from a slow spell.
-            before = matmul_flops(device, precision.dtype, seconds=0.5)
-            rates[precision.name] = project_train(train, len(vocab), args.steps, p, precision)
-            after = matmul_flops(device, precision.dtype, seconds=0.5)
-            peaks[precision.name] = (before, after)
-            ours = rates[precision.name][0]
+            before = matmul_flops(device, run.precision.dtype, seconds=0.5)
+            time_loop(run, train, 2 * p.grad_accum_steps)  # warm-up: oneDNN's kernels, threads
+            rates[name] = time_loop(run, train, args.steps)
+            peaks[name] = (before, matmul_flops(device, run.precision.dtype, seconds=0.5))
+            ours = rates[name][0]
             print(
-                f"  project loop, {precision.name}  {ours:7.0f} samples/s  (epoch of {n:,}: "
+                f"  stage's loop, {name}  {ours:7.0f} samples/s  (epoch of {n:,}: "
                 f"{n / ours:5.0f} s); {ours / ref:.2f} x the reference"
             )
-        for precision in runs[1:]:
-            ratio = rates[precision.name][0] / rates["fp32"][0]
-            print(f"  {precision.name} against fp32: {ratio:.2f} x")
-        for precision in runs:
-            kernel = lstm_kernel(train, args.steps, p, precision)
+        for name in runs[1:]:
+            print(f"  {name} against fp32: {rates[name][0] / rates['fp32'][0]:.2f} x")
+        for name in runs:
+            kernel = lstm_kernel(train, args.steps, p, stage_runs[name].precision.dtype)
             print(
-                f"  nn.LSTM forward+backward alone, {precision.name}, at the loop's batch shapes: "
-                f"{kernel:.0f} samples/s; the loop runs at {rates[precision.name][0] / kernel:.0%} of it"
+                f"  nn.LSTM forward+backward alone, {name}, at the loop's batch shapes: "
+                f"{kernel:.0f} samples/s; the loop runs at {rates[name][0] / kernel:.0%} of it"
             )
         eval_batches = 20
         ref_eval = reference_eval(DataLoader(original, batch_size=256), eval_batches)
         subset = test.subset(np.arange(eval_batches * 256))
         print(f"  evaluation: reference {ref_eval:.0f} reviews/s (fp32)")
-        evals = {}
-        for precision in runs:
-            evals[precision.name] = project_eval(subset, len(vocab), p, precision)
+        evals = {name: eval_speed(stage_runs[name], subset) for name in runs}
+        for name, speed in evals.items():
+            print(f"  evaluation: stage's, {name} {speed:.0f} reviews/s, {speed / ref_eval:.2f} x")
+        for name in runs[1:]:
+            print(f"  evaluation, {name} against fp32: {evals[name] / evals['fp32']:.2f} x")
+
+        if device.type == "cpu":
             print(
-                f"  evaluation: project, {precision.name} {evals[precision.name]:.0f} reviews/s, "
-                f"{evals[precision.name] / ref_eval:.2f} x the reference"
+                "\n(b'') glibc's allocator as it comes, and as the stage prepares it (fresh processes)"
             )
-        for precision in runs[1:]:
-            print(
-                f"  evaluation, {precision.name} against fp32: {evals[precision.name] / evals['fp32']:.2f} x"
-            )
+            for prepared in (False, True):
+                rate, faults = allocator(encoded, args.steps, prepared)
+                label = "prepared (zimdb.model.device.prepare)" if prepared else "as it comes"
+                print(f"  {label:<38} {rate:6.0f} samples/s, {faults:9,.0f} minor faults/s")
 
         print(
             "\n(b') the original configuration (forget_bias 0, dropout 0, accumulation 4, no "
             "clipping), with and without flushing denormals"
         )
         original_params = train_params(**ORIGINAL)
-        for precision in runs:
+        for name in runs:
+            run = stage_run(original_params, train, encoding, name)
             for flush in (False, True):
                 torch.set_flush_denormal(flush)
-                rate, _ = project_train(train, len(vocab), args.steps, original_params, precision)
+                rate, _ = time_loop(run, train, args.steps)
                 print(
-                    f"  {precision.name}, denormals {'flushed' if flush else 'kept   '}: "
-                    f"{rate:7.0f} samples/s"
+                    f"  {name}, denormals {'flushed' if flush else 'kept   '}: {rate:7.0f} samples/s"
                 )
 
-        print("\n(e) utilisation: the LSTM loop's FLOP/s against a square matmul, same precision")
-        model_flops = project_model(p, len(vocab), "cpu").flops_per_token()
-        for precision in runs:
-            before, after = peaks[precision.name]
-            achieved = 3 * model_flops * rates[precision.name][1]
+        print("\n(e) utilisation: the loop's LSTM FLOP/s against a square matmul, same precision")
+        for name in runs:
+            run, (before, after) = stage_runs[name], peaks[name]
+            achieved = 3 * run.model.flops_per_token() * rates[name][1]
             peak = max(before, after)
-            shaped = lstm_shaped_matmul_flops(
-                device, round(train.lengths_np.mean()), p, precision.dtype
-            )
+            mean_width = round(train.lengths_np.mean())
+            shaped = lstm_shaped_matmul_flops(device, mean_width, p, run.precision.dtype)
             print(
-                f"  {precision.name}: matmul {before / 1e9:.0f} / {after / 1e9:.0f} GFLOP/s before / "
-                f"after the loop; LSTM loop {achieved / 1e9:.0f} GFLOP/s = {achieved / peak:.0%} of the "
-                f"faster; the LSTM's own matmul shapes alone {shaped / 1e9:.0f} GFLOP/s = "
+                f"  {name}: matmul {before / 1e9:.0f} / {after / 1e9:.0f} GFLOP/s before / "
+                f"after the loop; the loop {achieved / 1e9:.0f} GFLOP/s = {achieved / peak:.0%} "
+                f"of the faster; the LSTM's own matmul shapes alone {shaped / 1e9:.0f} GFLOP/s = "
                 f"{shaped / peak:.0%} of it"
             )
 
@@ -432,9 +444,8 @@ def main() -> None:
         if device.type == "cuda":
             print("  on CUDA: benchmarks/gpu.py")
         else:
-            encoded = work / "data/encoded/train.npy"
             for ckpt in (False, True):
-                before, peak = peak_rss_mb(ckpt, encoded, len(vocab), 8)
+                before, peak = peak_rss_mb(ckpt, encoded, 8)
                 print(
                     f"  checkpointing {ckpt!s:<5}: RSS {before:.0f} MiB with the data loaded, "
                     f"peak {peak:.0f} MiB over 8 steps of {p.batch_size} full-width reviews: "
@@ -445,7 +456,7 @@ def main() -> None:
         times = noop_repro(args.archive, work / "noop")
         print("  " + ", ".join(f"{t:.2f} s" for t in times))
         print("\n(g) predict: data/model.pt's weights, saved as trained in each precision")
-        speeds = {precision.name: predict_speed(work, precision.name) for precision in runs}
+        speeds = {name: predict_speed(work, name) for name in runs}
         for name, speed in speeds.items():
             if speed is None:
                 print("  data/model.pt does not exist: run `dvc repro` first")
@@ -454,9 +465,22 @@ def main() -> None:
                 f"  {name}: start to first prediction {speed[0]:.1f} s; 25,000 reviews from a "
                 f"file: {speed[1]:.0f} reviews/s ({speed[1] / speeds['fp32'][1]:.2f} x fp32)"
             )
-    print(
-        f"\npeak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
-    )
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak RSS of this process: {peak_rss:.0f} MiB")
+
+
+def cpu_name() -> str:
+    """The CPU's model name and what torch's kernels use of it (every figure names the CPU it
+    ran on)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        name = "unknown CPU"
+    flags = [k for k in ("amx_bf16", "avx512_bf16") if torch.cpu.get_capabilities().get(k)]
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()}; {', '.join(flags) or 'no bf16'})"
 
 
 if __name__ == "__main__":

@@ -17,10 +17,9 @@ from zimdb.data.artifacts import read_encoded, read_table, write_table
 from zimdb.errors import PipelineError, run
 from zimdb.model.batches import Encoded
 from zimdb.model.device import resolve
-from zimdb.model.inference import logits
 from zimdb.paths import CLEAN, ENCODED, EVALUATE_LIVE, MODEL, PREDICTIONS
 from zimdb.scoring import evaluation
-from zimdb.scoring.lstm import TrainedModel
+from zimdb.scoring.lstm import LSTMScorer
 from zimdb.scoring.verdict import CLASSES, predicted
 
 NAME = "LSTM"
@@ -37,8 +36,10 @@ def mismatch(clean: np.ndarray, encoded: np.ndarray) -> str | None:
 def main() -> None:
     p = params.load("evaluate")
     device = resolve(p.device, "params.yaml: evaluate.device")
-    trained = TrainedModel.load(MODEL, device)
-    test = Encoded.from_records(read_encoded(ENCODED / "test.npy", len(trained.vocab)), device)
+    trained = LSTMScorer.load(MODEL, device)
+    encoding = trained.file.encoding
+    records = read_encoded(ENCODED / "test.npy", len(encoding.vocab), encoding.max_len)
+    test = Encoded.from_records(records, device)
     # The cut reviews are scored from the clean text, the rest from the encoded ids: one table.
     clean = read_table(CLEAN / "test.parquet", "clean", {"text": "str", "label": "iu"})
     y = test.labels.cpu().numpy().astype(int)
@@ -47,7 +48,7 @@ def main() -> None:
             f"{CLEAN / 'test.parquet'} and {ENCODED / 'test.npy'} hold different reviews "
             f"({differ}); rerun `uv run dvc repro encode`"
         )
-    test_logits = logits(trained.model, test, p.batch_size, trained.autocast())
+    test_logits = trained.logits(test, p.batch_size)
     loss = F.binary_cross_entropy_with_logits(test_logits, test.labels).item()
     prob = torch.sigmoid(test_logits).cpu().numpy()
     pred = predicted(prob)

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from zimdb.data.artifacts import encoded_dtype
+from zimdb.imports import project_files
 from zimdb.model.lstm import ModelConfig
 from zimdb.params import validate
 
@@ -397,26 +398,6 @@ def module_file(cmd: str) -> Path:
     return Path(*cmd[len(prefix) :].split(".")).with_suffix(".py")
 
 
-def project_imports(path: Path) -> set[Path]:
-    """Project files `path` imports, directly or through other project modules."""
-    found: set[Path] = set()
-    todo = [path]
-    while todo:
-        tree = ast.parse((ROOT / todo.pop()).read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            for name in names:
-                candidate = Path(*name.split(".")).with_suffix(".py")
-                if (ROOT / candidate).is_file() and candidate not in found:
-                    found.add(candidate)
-                    todo.append(candidate)
-    return found
-
-
 def sections_read(path: Path) -> set[str]:
     """Sections of params.yaml the module loads with params.load("<section>")."""
     tree = ast.parse((ROOT / path).read_text())
@@ -433,7 +414,7 @@ def sections_read(path: Path) -> set[str]:
 
 def expected_code_deps() -> dict[str, set[str]]:
     return {
-        name: {str(p) for p in {module_file(s["cmd"])} | project_imports(module_file(s["cmd"]))}
+        name: {str(p) for p in project_files(s["cmd"].removeprefix("python -m "))}
         for name, s in stages().items()
     }
 

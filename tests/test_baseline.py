@@ -16,9 +16,9 @@ from sklearn.pipeline import make_pipeline
 from tests.conftest import ROOT
 from tests.test_pipeline import predict
 from zimdb.errors import PipelineError
-from zimdb.scoring import by_length, scorer
+from zimdb.scoring import by_length, files
 from zimdb.scoring.baseline import NAME, Baseline
-from zimdb.scoring.lstm import TrainedModel
+from zimdb.scoring.lstm import LSTMScorer
 from zimdb.serve.app import create_app
 from zimdb.serve.worker import ModelWorker
 
@@ -44,10 +44,10 @@ def test_predict_with_the_baseline_gives_its_test_accuracy_from_raw_text(built):
     assert accuracy == pytest.approx(logged["accuracy"], abs=1e-12)
 
 
-def test_scorer_tells_the_two_model_files_apart(built):
+def test_either_model_file_loads_as_its_scorer(built):
     root, _ = built
-    assert isinstance(scorer.load(root / "data/baseline.skops"), Baseline)
-    assert isinstance(scorer.load(root / "data/model.pt"), TrainedModel)
+    assert isinstance(files.load(root / "data/baseline.skops"), Baseline)
+    assert isinstance(files.load(root / "data/model.pt"), LSTMScorer)
 
 
 def test_the_service_serves_the_baseline(baseline):

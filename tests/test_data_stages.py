@@ -6,7 +6,9 @@ import pytest
 from stages import clean, download, encode, vocab
 from tests.conftest import movie_of, write_archive, write_params
 from zimdb.data.artifacts import read_encoded, read_vocab
+from zimdb.data.encoding import Encoding, read_encoding
 from zimdb.errors import PipelineError
+from zimdb.paths import ENCODED, ENCODING
 
 
 def test_labels_map_ints_and_strings_and_refuse_others():
@@ -207,12 +209,16 @@ def test_encode_writes_byte_identical_arrays(workdir):
     (workdir / "data/vocab.txt").write_text("<pad>\n<unk>\ngood\nbad\n")
     write_params(workdir, **{"encode.max_len": 3})
     encode.main()
-    records = read_encoded("data/encoded/val.npy", vocab_size=4)
+    records = read_encoded("data/encoded/val.npy", vocab_size=4, max_len=3)
     assert records["ids"].tolist() == [[2, 1, 0], [3, 3, 3]]
     assert records["length"].tolist() == [2, 3] and records["label"].tolist() == [1, 0]
-    first = (workdir / "data/encoded/test.npy").read_bytes()
+    # Beside the arrays, how they were made: what train and model.pt take.
+    assert read_encoding(ENCODING) == Encoding(["<pad>", "<unk>", "good", "bad"], 3, "tail")
+    first = [(workdir / ENCODED / name).read_bytes() for name in ("test.npy", "encoding.json")]
     encode.main()
-    assert (workdir / "data/encoded/test.npy").read_bytes() == first
+    assert [
+        (workdir / ENCODED / name).read_bytes() for name in ("test.npy", "encoding.json")
+    ] == first
 
 
 # Bad input: each case ends in one PipelineError naming the culprit, or a reported warning.
@@ -307,9 +313,14 @@ def test_damaged_artifacts_name_the_stage_to_rerun(workdir):
     with pytest.raises(
         PipelineError, match=r"val.npy: not a readable .npy file.*dvc repro --force encode"
     ):
-        read_encoded(npy, vocab_size=20)
-    with pytest.raises(PipelineError, match=r"out of range for the vocabulary.*--force encode"):
-        read_encoded(workdir / "data/encoded/test.npy", vocab_size=3)
+        read_encoded(npy, vocab_size=20, max_len=8)
+    with pytest.raises(PipelineError, match=r"out of range for its encoding.*--force encode"):
+        read_encoded(workdir / "data/encoded/test.npy", vocab_size=3, max_len=8)
+    with pytest.raises(PipelineError, match=r"out of range for its encoding.*--force encode"):
+        read_encoded(workdir / "data/encoded/test.npy", vocab_size=20, max_len=9)
+    (workdir / ENCODING).write_text('{"vocab": ["<pad>", "<unk>", "a"], "max_len": 0}')
+    with pytest.raises(PipelineError, match=r"encoding.json: not an encoding.*--force encode"):
+        read_encoding(ENCODING)
     (workdir / "data/vocab.txt").write_text("<pad>\n<pad>\n")
     with pytest.raises(PipelineError, match=r"vocab.txt: expected one distinct word per line"):
         read_vocab("data/vocab.txt")

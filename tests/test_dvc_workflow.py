@@ -52,8 +52,8 @@ def changed_value(key: str, value):
     field = Params.model_fields[section].annotation.model_fields[name]
     if typing.get_origin(field.annotation) is typing.Literal:
         return next(c for c in typing.get_args(field.annotation) if c != value)
-    if field.annotation is bool:
-        return not value
+    if field.annotation is bool or value == "auto":  # bool | Literal["auto"] too
+        return True if value == "auto" else not value
     if field.annotation is str:
         return value + "-changed"
     if field.annotation is float and any(isinstance(m, annotated_types.Lt) for m in field.metadata):
@@ -91,15 +91,16 @@ def test_status_names_exactly_the_stages_that_read_each_key_and_file(clean_proje
     assert status(root) == set()
 
 
-def test_a_change_to_the_page_s_explanation_retrains_nothing(clean_project):
-    """The word-by-word reading the service draws lives apart from model.pt's format, which
-    train imports to save the model: editing it reruns no stage."""
+def test_a_change_to_the_page_s_reading_retrains_nothing(clean_project):
+    """The word-by-word reading the service draws lives with the LSTM's scoring, apart from
+    model.pt's format, which train imports to save the model: editing it reruns evaluate, which
+    scores through the same module, and never train."""
     root = clean_project
-    explain = root / "zimdb/scoring/explain.py"
-    explain.write_text(
-        explain.read_text().replace("cut=len(words) - n,", "cut=len(words) - n + 0,")
+    scorer = root / "zimdb/scoring/lstm.py"
+    scorer.write_text(
+        scorer.read_text().replace("cut=len(words) - len(kept),", "cut=len(words) - len(kept) + 0,")
     )
-    assert status(root) == set()
+    assert status(root) == {"evaluate"}
 
 
 def test_real_reruns_stop_where_bytes_stop_changing(clean_project):

@@ -28,15 +28,14 @@ def test_every_param_and_source_file_is_accounted_for():
     keys = {f"{s}.{k}" for s, values in all_params.items() for k in values}
     assert set().union(*expected_params().values()) == keys  # no key read by no stage
     used = set().union(*expected_code_deps().values())
-    # predict and serve are commands, not stages, and what only they use (the page's reading,
-    # loading either model) reruns nothing either.
+    # predict and serve are commands, not stages, and what only they use (loading either model
+    # file) reruns nothing either.
     commands = {
         "zimdb/predict.py",
         "zimdb/serve/__main__.py",
         "zimdb/serve/app.py",
         "zimdb/serve/worker.py",
-        "zimdb/scoring/explain.py",
-        "zimdb/scoring/scorer.py",
+        "zimdb/scoring/files.py",
     }
     assert set(source_files()) - used == commands
 

@@ -9,11 +9,12 @@ import torch
 
 from tests.conftest import encoded_records, model_config
 from zimdb.data import text
+from zimdb.data.encoding import Encoding
 from zimdb.errors import PipelineError
 from zimdb.model.batches import Encoded, batch_indices
 from zimdb.model.file import ModelFile
 from zimdb.model.lstm import SentimentLSTM
-from zimdb.scoring.lstm import TrainedModel
+from zimdb.scoring.lstm import LSTMScorer
 from zimdb.training.step import Stepper
 
 ARCHITECTURES = [
@@ -77,7 +78,7 @@ def test_the_verdict_at_each_word_is_the_verdict_on_the_words_up_to_it(arch):
 
 def test_an_empty_review_is_read_as_one_pad():
     cleaned = text.clean(pd.Series(["", "<br /> 42 !"]))
-    ids, lengths = text.encode(cleaned, ["<pad>", "<unk>", "a"], 5, "tail")
+    ids, lengths, _ = Encoding(["<pad>", "<unk>", "a"], 5, "tail").encode(cleaned)
     assert ids.tolist() == [[0] * 5] * 2 and lengths.tolist() == [1, 1]
     model = make_model().eval()
     with torch.no_grad():
@@ -226,14 +227,9 @@ VOCAB = ["<pad>", "<unk>"] + [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in
 
 def test_saved_model_rebuilds_with_the_same_outputs_and_settings(tmp_path):
     model = make_model(num_layers=2, pooling="concat").float().eval()
-    ModelFile(model, VOCAB, 7, "head", "bf16").save(tmp_path / "m.pt")
+    ModelFile(model, Encoding(VOCAB, 7, "head"), "bf16").save(tmp_path / "m.pt")
     loaded = ModelFile.load(tmp_path / "m.pt")
-    assert (loaded.vocab, loaded.max_len, loaded.truncate, loaded.precision) == (
-        VOCAB,
-        7,
-        "head",
-        "bf16",
-    )
+    assert (loaded.encoding, loaded.precision) == (Encoding(VOCAB, 7, "head"), "bf16")
     assert loaded.model.config == model.config
     ids, lengths = torch.randint(2, 50, (3, 5)), torch.tensor([5, 2, 4])
     with torch.no_grad():
@@ -241,33 +237,34 @@ def test_saved_model_rebuilds_with_the_same_outputs_and_settings(tmp_path):
 
 
 def test_model_file_alone_scores_raw_text_with_its_own_vocab_and_max_len(tmp_path):
-    ModelFile(make_model().float(), VOCAB, 3, "head", "fp32").save(tmp_path / "m.pt")
-    trained = TrainedModel.load(tmp_path / "m.pt")
+    ModelFile(make_model().float(), Encoding(VOCAB, 3, "head"), "fp32").save(tmp_path / "m.pt")
+    trained = LSTMScorer.load(tmp_path / "m.pt")
     encoded = trained.encode(pd.Series(["waa <b>WAB</b> nope wac wad", ""]))
     assert encoded.ids.tolist() == [[2, 3, 1], [0, 0, 0]]  # cut to 3, unknown -> 1, tags gone
     assert encoded.lengths.tolist() == [3, 1]  # the empty review: one PAD
-    direct = torch.sigmoid(trained.model(encoded.ids, encoded.lengths).verdict).detach().numpy()
+    direct = trained.file.model(encoded.ids, encoded.lengths).verdict
+    direct = torch.sigmoid(direct).detach().numpy()
     np.testing.assert_allclose(
         trained.probabilities(pd.Series(["waa wab nope wac wad", ""])), direct
     )
 
 
 def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path):
-    file = ModelFile(make_model(), VOCAB, 7, "tail", "fp32")
+    file = ModelFile(make_model(), Encoding(VOCAB, 7, "tail"), "fp32")
     file.save(tmp_path / "a.pt")
     file.save(tmp_path / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
 
 
-def test_a_model_file_without_its_vocabulary_is_named(tmp_path):
+def test_a_model_file_without_its_encoding_is_named(tmp_path):
     model = make_model()
     torch.save(
         {"config": vars(model.config), "state_dict": model.state_dict()}, tmp_path / "old.pt"
     )
     with pytest.raises(
-        PipelineError, match=r"old.pt: cannot rebuild the model \(KeyError: 'vocab'\)"
+        PipelineError, match=r"old.pt: cannot rebuild the model \(KeyError: 'encoding'\)"
     ):
-        TrainedModel.load(tmp_path / "old.pt")
+        LSTMScorer.load(tmp_path / "old.pt")
 
 
 def test_step_clips_the_unscaled_gradients_and_advances_the_schedule():
@@ -328,3 +325,24 @@ def test_concat_pooling_reads_the_state_and_the_max_and_mean_of_the_states_so_fa
         seen = h[row, :n]
         features = torch.cat([seen[-1], seen.amax(dim=0), seen.mean(dim=0)])
         torch.testing.assert_close(verdict[row], model.head(features)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_dropout_drops_at_its_rate_and_keeps_the_expectation(dtype):
+    from zimdb.model.lstm import Dropout
+
+    dropout = Dropout(0.3)
+    x = torch.ones(64, 230, 128, dtype=dtype, requires_grad=True)
+    state = torch.get_rng_state()
+    y = dropout(x)
+    assert y.dtype == dtype
+    dropped = y == 0
+    assert abs(dropped.float().mean().item() - 0.3) < 0.002  # 1.9 million draws
+    # Survivors scaled so that the mean is kept: exactly, for p rounded to 1/65536.
+    kept = y[~dropped].unique()
+    assert kept.numel() == 1 and kept.item() == pytest.approx(1 / (1 - 0.3), rel=1e-3)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # no gradient through a dropped element
+    torch.set_rng_state(state)  # what a resumed run restores: the same masks again
+    assert torch.equal(dropout(x), y)
+    assert torch.equal(dropout.eval()(x), x)

@@ -21,6 +21,7 @@ import zimdb.model.lstm
 from stages import train as train_stage
 from tests.conftest import ROOT, encoded_records, model_config, write_params
 from tests.test_training_runs import TINY, train_here, workdir
+from zimdb.data.encoding import Encoding
 from zimdb.errors import PipelineError
 from zimdb.model import device as device_module
 from zimdb.model import precision as precision_module
@@ -28,7 +29,7 @@ from zimdb.model.batches import Encoded
 from zimdb.model.file import ModelFile
 from zimdb.model.lstm import Logits, SentimentLSTM
 from zimdb.model.precision import Precision, for_scoring, for_training
-from zimdb.scoring.lstm import TrainedModel
+from zimdb.scoring.lstm import LSTMScorer
 from zimdb.training.step import Stepper
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -255,13 +256,13 @@ def test_a_loaded_model_scores_in_its_precision_and_flushes_denormals(tmp_path, 
     monkeypatch.setattr(precision_module, "native_bf16", lambda device: "AVX512-BF16")
     vocab = ["<pad>", "<unk>", "good", "bad"]
     model = SentimentLSTM(model_config(len(vocab), embedding_dim=4, hidden_dim=4)).eval()
-    ModelFile(model, vocab, 5, "tail", "bf16").save(tmp_path / "m.pt")
+    ModelFile(model, Encoding(vocab, 5, "tail"), "bf16").save(tmp_path / "m.pt")
     torch.set_flush_denormal(False)
-    trained = TrainedModel.load(tmp_path / "m.pt")
+    trained = LSTMScorer.load(tmp_path / "m.pt")
     assert trained.scoring.name == "bf16"
     assert torch.tensor([1e-39]).mul(1.0).item() == 0.0  # below fp32's normal range: flushed
     outputs = []
-    trained.model.head.register_forward_hook(lambda m, a, out: outputs.append(out.dtype))
+    trained.file.model.head.register_forward_hook(lambda m, a, out: outputs.append(out.dtype))
     trained.probabilities(pd.Series(["good good", "bad"]))
     assert set(outputs) == {torch.bfloat16}
 
@@ -301,6 +302,11 @@ def test_cpu_peak_is_measured_in_the_run_precision_and_gpus_come_from_the_table(
     assert device_module.peak_flops(CPU, torch.float32) > 1e9
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L40S")
     assert device_module.peak_flops(CUDA, torch.float16) == 362e12
+    assert device_module.peak_flops(CUDA, torch.float32) == 183e12  # TF32, cuDNN's default
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert device_module.peak_flops(CUDA, torch.float32) == 91.6e12
+    # The H100 PCIe is no H100 SXM: the longer name is looked up first.
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
+    assert device_module.peak_flops(CUDA, torch.float16) == 756e12
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some New GPU")
     assert device_module.peak_flops(CUDA, torch.bfloat16) is None

@@ -27,10 +27,10 @@ from fastapi.testclient import TestClient
 from tests.conftest import dvc, model_config, python_env, run
 from zimdb import errors
 from zimdb.data import text
+from zimdb.data.encoding import Encoding
 from zimdb.model.file import ModelFile
 from zimdb.model.lstm import SentimentLSTM
-from zimdb.scoring.explain import read
-from zimdb.scoring.lstm import TrainedModel
+from zimdb.scoring.lstm import LSTMScorer
 from zimdb.serve import __main__ as serve
 from zimdb.serve.app import MAX_BODY, STATIC, create_app
 from zimdb.serve.worker import MAX_TEXTS, ModelWorker
@@ -41,9 +41,9 @@ ODD = ["", "   \t ", "<br /><p></p>", "素晴らしい映画 отличный", 
 
 
 @pytest.fixture(scope="module")
-def trained(built) -> TrainedModel:
+def trained(built) -> LSTMScorer:
     root, _ = built
-    return TrainedModel.load(root / "data/model.pt")
+    return LSTMScorer.load(root / "data/model.pt")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def client(trained):
         yield client
 
 
-def app(trained: TrainedModel):
+def app(trained: LSTMScorer):
     return create_app(ModelWorker(lambda: trained, batch_size=16))
 
 
@@ -262,19 +262,21 @@ def read_words(review: str) -> list[str]:
 @pytest.mark.parametrize("truncate", ["tail", "head"])
 def test_explain_gives_the_words_read_and_the_running_verdict(built, trained, truncate):
     root, _ = built
-    trained = replace(trained, truncate=truncate)
+    encoding = replace(trained.file.encoding, truncate=truncate)
+    trained = LSTMScorer.of(replace(trained.file, encoding=encoding))
+    max_len = encoding.max_len
     raw = pd.read_parquet(root / "data/raw/test.parquet").text
     review = max(raw, key=len) + " zzqx qwvbn"  # longer than max_len; two unknown words
     words = read_words(review)
-    assert len(words) > trained.max_len
+    assert len(words) > max_len
     with TestClient(app(trained)) as client:
         got = post(client, "/explain", {"text": review})
         predicted = post(client, "/predict", {"texts": [review]})["predictions"][0]
-    kept = words[-trained.max_len :] if truncate == "tail" else words[: trained.max_len]
+    kept = words[-max_len:] if truncate == "tail" else words[:max_len]
     assert got["words"] == kept
-    assert got["cut"] == len(words) - trained.max_len
-    assert (got["truncate"], got["max_len"]) == (truncate, trained.max_len)
-    vocab = set(trained.vocab)
+    assert got["cut"] == len(words) - max_len
+    assert (got["truncate"], got["max_len"]) == (truncate, max_len)
+    vocab = set(encoding.vocab)
     assert got["unknown"] == [w not in vocab for w in kept]
     assert (got["unknown"][-2:] == [True, True]) == (truncate == "tail")
     assert len(got["running"]) == len(kept) and got["running_note"] is None
@@ -285,11 +287,11 @@ def test_explain_gives_the_words_read_and_the_running_verdict(built, trained, tr
     assert got["label"] == predicted["label"]
 
 
-def random_model(**config) -> TrainedModel:
+def random_model(**config) -> LSTMScorer:
     torch.manual_seed(0)
     vocab = text.SPECIALS + ["not", "bad", "at", "all", "but", "the", "end", "is", "awful"]
     model = SentimentLSTM(model_config(len(vocab), embedding_dim=6, hidden_dim=5, **config))
-    return TrainedModel.from_file(ModelFile(model.eval(), vocab, 8, "tail", "fp32"))
+    return LSTMScorer.of(ModelFile(model.eval(), Encoding(vocab, 8, "tail"), "fp32"))
 
 
 @pytest.mark.parametrize("pooling", ["last", "concat"])
@@ -297,7 +299,7 @@ def test_running_verdict_is_the_verdict_on_each_prefix(pooling):
     """The probability at word t is what the model says of the review cut after word t."""
     trained = random_model(num_layers=2, pooling=pooling)
     review = "not bad at all, but the zzqx end is awful"
-    reading = read(trained, review)
+    reading = trained.read(review)
     words = review.replace(",", "").split()
     assert reading.words == words[-8:] and reading.cut == len(words) - 8
     prefixes = pd.Series([" ".join(reading.words[: t + 1]) for t in range(len(reading.words))])
@@ -311,7 +313,7 @@ def test_explain_of_an_empty_review_has_no_words_and_the_predicted_verdict(clien
 
 
 class SlowModel:
-    """Stands in for TrainedModel: records each call and holds the first until released. Its
+    """Stands in for LSTMScorer: records each call and holds the first until released. Its
     probability of a text is the number the text spells (any other text fails the call)."""
 
     def __init__(self):
@@ -585,8 +587,8 @@ def test_the_model_artifact_is_fetched_by_name_and_served(built, tmp_path):
         run(["git", "tag", "-d", tag], root)
     assert (tmp_path / "m.pt").read_bytes() == (root / "data/model.pt").read_bytes()
     fetched, trained = (
-        TrainedModel.load(tmp_path / "m.pt"),
-        TrainedModel.load(root / "data/model.pt"),
+        LSTMScorer.load(tmp_path / "m.pt"),
+        LSTMScorer.load(root / "data/model.pt"),
     )
     expected = trained.probabilities(pd.Series(["great"]))[0]
     with TestClient(app(fetched)) as client:

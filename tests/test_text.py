@@ -6,6 +6,7 @@ import pandas as pd
 import pyarrow as pa
 
 from zimdb.data import text
+from zimdb.data.encoding import Encoding
 
 
 def test_clean_strips_tags_keeps_letters_and_apostrophes_lowercases():
@@ -45,21 +46,26 @@ VOCAB = ["<pad>", "<unk>", "good", "bad", "film"]
 
 
 def test_encode_pads_and_maps_unknown_words():
-    ids, lengths = text.encode(pd.Series(["good film", "bad zzz", ""]), VOCAB, 4, "head")
+    reviews = pd.Series(["good film", "bad zzz", ""])
+    ids, lengths, first = Encoding(VOCAB, 4, "head").encode(reviews)
     assert ids.tolist() == [[2, 4, 0, 0], [3, 1, 0, 0], [0, 0, 0, 0]]
     assert lengths.tolist() == [2, 2, 1]  # an empty review: one PAD, a last token to read at
+    assert first.tolist() == [0, 0, 0]
 
 
-def test_encode_truncates_head_or_tail():
-    review = pd.Series(["good bad film good bad"])
-    head, n = text.encode(review, VOCAB, 3, "head")
-    tail, _ = text.encode(review, VOCAB, 3, "tail")
-    assert head.tolist() == [[2, 3, 4]] and tail.tolist() == [[4, 2, 3]] and n.tolist() == [3]
+def test_encode_truncates_head_or_tail_and_says_where_the_words_kept_start():
+    review = pd.Series(["good bad film good bad", "film good"])
+    head, n, head_first = Encoding(VOCAB, 3, "head").encode(review)
+    tail, _, tail_first = Encoding(VOCAB, 3, "tail").encode(review)
+    assert head.tolist() == [[2, 3, 4], [4, 2, 0]] and n.tolist() == [3, 2]
+    assert tail.tolist() == [[4, 2, 3], [4, 2, 0]]
+    assert head_first.tolist() == [0, 0] and tail_first.tolist() == [2, 0]
 
 
 def test_encode_of_nothing():
-    ids, lengths = text.encode(pd.Series([], dtype=object), VOCAB, 3, "head")
-    assert ids.shape == (0, 3) and lengths.shape == (0,) and ids.dtype == np.int64
+    ids, lengths, first = Encoding(VOCAB, 3, "head").encode(pd.Series([], dtype=object))
+    assert ids.shape == (0, 3) and lengths.shape == first.shape == (0,)
+    assert ids.dtype == np.int64
 
 
 def test_clean_reuses_one_pool_and_keeps_a_few_reviews_on_the_calling_thread(monkeypatch):

@@ -15,14 +15,15 @@ import yaml
 
 from stages import train as train_stage
 from tests.conftest import ROOT, encoded_records, git_init, interruptible, python_env, write_params
-from zimdb.data.artifacts import write_encoded, write_vocab
+from zimdb.data.artifacts import write_encoded
+from zimdb.data.encoding import Encoding, write_encoding
 from zimdb.model.batches import Encoded
 from zimdb.model.file import ModelFile
 from zimdb.model.inference import logits
-from zimdb.paths import MODEL, TRAIN_STATE
-from zimdb.scoring.explain import read
-from zimdb.scoring.lstm import TrainedModel
+from zimdb.paths import ENCODING, MODEL, TRAIN_STATE
+from zimdb.scoring.lstm import LSTMScorer
 from zimdb.training import distributed
+from zimdb.training import run as run_module
 from zimdb.training.step import lr_factor
 
 TINY = {
@@ -37,9 +38,8 @@ TINY = {
 
 def make_data(root, n_train=960, n_val=160, vocab_size=60, max_len=40):
     """Encoded splits whose last three words are 2-5 (positive) or 6-9 (negative)."""
-    write_vocab(
-        ["<pad>", "<unk>"] + [f"w{i}" for i in range(vocab_size - 2)], root / "data/vocab.txt"
-    )
+    vocab = ["<pad>", "<unk>"] + [f"w{i}" for i in range(vocab_size - 2)]
+    write_encoding(Encoding(vocab, max_len, "tail"), root / ENCODING)
     for seed, (split, n) in enumerate((("train", n_train), ("val", n_val))):
         records = encoded_records(n, max_len, vocab_size, min_len=5, seed=seed)
         rng = np.random.default_rng(seed)
@@ -249,7 +249,8 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
     from zimdb.errors import PipelineError
     from zimdb.model.lstm import Logits, SentimentLSTM
 
-    root = workdir(tmp_path, "nan", **{"train.epochs": 1})
+    # No memory estimate: it runs the forward pass twice before training, and these are counted.
+    root = workdir(tmp_path, "nan", **{"train.epochs": 1, "train.grad_checkpointing": False})
     monkeypatch.chdir(root)
     forward, calls = SentimentLSTM.forward, []
 
@@ -272,7 +273,7 @@ def test_utilisation_is_read_against_the_highest_peak_reading_so_far(tmp_path, m
     root = workdir(tmp_path, "peak", **{"train.epochs": 3, "train.precision": "fp32"})
     monkeypatch.chdir(root)
     readings = iter([2e9, 1e9, 4e9, 3e9])  # at the start, then after each epoch
-    monkeypatch.setattr(train_stage, "peak_flops", lambda device, dtype: next(readings))
+    monkeypatch.setattr(run_module, "peak_flops", lambda device, dtype: next(readings))
     train_stage.main()
     history = json.loads((root / "dvclive/train/metrics.json").read_text())
     assert history["step"] == 3
@@ -289,7 +290,7 @@ def test_re_reading_the_peak_between_epochs_leaves_the_model_as_it_was(tmp_path,
     measured, constant = (workdir(tmp_path, name, **overrides) for name in ("measured", "const"))
     monkeypatch.chdir(measured)
     train_stage.main()
-    monkeypatch.setattr(train_stage, "peak_flops", lambda device, dtype: 1e9)
+    monkeypatch.setattr(run_module, "peak_flops", lambda device, dtype: 1e9)
     monkeypatch.chdir(constant)
     train_stage.main()
     for name, weights in state(measured).items():
@@ -321,7 +322,8 @@ def test_ddp_with_gloo_on_two_processes(tmp_path, monkeypatch, capfd):
     # val metrics the two processes reduced from their halves.
     val_records = np.load(root / "data/encoded/val.npy")
     val = Encoded.from_records(val_records, torch.device("cpu"))
-    out = logits(TrainedModel.load(root / "data/model.pt").model, val, 64, contextlib.nullcontext())
+    model = LSTMScorer.load(root / "data/model.pt").file.model
+    out = logits(model, val, 64, contextlib.nullcontext())
     val_acc = ((out > 0) == (val.labels > 0.5)).float().mean().item()
     val_loss = torch.nn.functional.binary_cross_entropy_with_logits(out, val.labels).item()
     assert curves["val"]["acc"] == pytest.approx(val_acc, abs=1e-6)
@@ -337,7 +339,7 @@ def test_state_from_another_device_or_precision_is_not_resumed(tmp_path):
 
     root = workdir(tmp_path, "fp")
     p = Train(**yaml.safe_load((root / "params.yaml").read_text())["train"])
-    inputs = [root / "data/vocab.txt"]
+    inputs = [root / ENCODING]
     precisions = ("fp32", "bf16", "fp16")
     prints = {fingerprint(p, inputs, 1, d, x) for d in ("cpu", "cuda") for x in precisions}
     assert len(prints) == 6
@@ -366,7 +368,7 @@ def test_a_torchrun_with_more_processes_than_batches_is_one_line(tmp_path, monke
 
     root = workdir(tmp_path, "by-hand")
     monkeypatch.setattr(distributed, "launched_by_torchrun", lambda: True)
-    monkeypatch.setattr(distributed, "init", lambda cuda: distributed.Group(0, 0, 40, 40))
+    monkeypatch.setattr(distributed, "init", lambda device_type: distributed.Group(0, 0, 40, 40))
     with (
         contextlib.chdir(root),
         pytest.raises(
@@ -409,17 +411,17 @@ def test_a_failure_after_the_last_epoch_loses_no_epoch(tmp_path, uninterrupted, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_model_file_keeps_the_encode_settings_the_run_started_with(tmp_path, monkeypatch):
-    root = workdir(tmp_path, "edited", **{"train.epochs": 1, "encode.max_len": 40})
-    validate = train_stage.train_and_validate
-
-    def edit_params_mid_run(run, epoch):  # as a user editing params.yaml during the run
-        write_params(root, **TINY, **{"train.epochs": 1, "encode.max_len": 99})
-        return validate(run, epoch)
-
-    monkeypatch.setattr(train_stage, "train_and_validate", edit_params_mid_run)
+def test_model_file_keeps_the_encoding_of_the_arrays_it_trained_on(tmp_path):
+    # params.yaml's encode section says otherwise, as if edited since encode ran: what counts
+    # is what data/encoded was made with, which encode wrote beside the arrays.
+    root = workdir(tmp_path, "edited", **{"train.epochs": 1, "encode.max_len": 99})
+    write_params(
+        root, **TINY, **{"train.epochs": 1, "encode.max_len": 99, "encode.truncate": "head"}
+    )
     train_here(root)
-    assert ModelFile.load(root / MODEL).max_len == 40  # what data/encoded was made with
+    saved = ModelFile.load(root / MODEL).encoding
+    assert saved == Encoding(**json.loads((root / ENCODING).read_text()))
+    assert (saved.max_len, saved.truncate) == (40, "tail")
 
 
 def test_concat_pooling_trains_with_the_loss_at_every_position_and_has_a_running_verdict(
@@ -433,10 +435,34 @@ def test_concat_pooling_trains_with_the_loss_at_every_position_and_has_a_running
     assert summary["best/val_acc"] > 0.9  # the learnable data of the runs above
     # Ids 2-5 end the positive reviews, ids 6-9 the negative ones; cleaning keeps letters only,
     # so the page's words for the ids are letters: "a" is id 2.
-    letters = saved.vocab[:2] + [chr(ord("a") + i) for i in range(len(saved.vocab) - 2)]
-    trained = TrainedModel.from_file(ModelFile(saved.model, letters, 40, "tail", "fp32"))
+    vocab = saved.encoding.vocab
+    letters = vocab[:2] + [chr(ord("a") + i) for i in range(len(vocab) - 2)]
+    trained = LSTMScorer.of(ModelFile(saved.model, Encoding(letters, 40, "tail"), "fp32"))
     for review, positive in (("k j a b c", True), ("k b e f g", False)):
-        reading = read(trained, review)
+        reading = trained.read(review)
         assert len(reading.running) == 5
         assert reading.running[-1] == pytest.approx(reading.probability, abs=1e-6)
         assert (reading.probability > 0.5) == positive
+
+
+def test_the_resume_fingerprint_hashes_exactly_the_code_dvc_yaml_lists(tmp_path, monkeypatch):
+    """One list of the code that shapes training: what the fingerprint reads is what dvc.yaml
+    gives the train stage as its code deps, both from zimdb.imports."""
+    from tests.conftest import stages
+
+    root = workdir(tmp_path, "fp", **{"train.epochs": 1})
+    hashed = []
+    real = train_stage.fingerprint
+
+    def recorded(p, inputs, *rest):
+        hashed.extend(inputs)
+        return real(p, inputs, *rest)
+
+    monkeypatch.setattr(train_stage, "fingerprint", recorded)
+    train_here(root)
+    code = {str(path.relative_to(ROOT)) for path in hashed if path.suffix == ".py"}
+    assert code == {d for d in stages()["train"]["deps"] if d.endswith(".py")}
+    assert {path for path in hashed if path.suffix != ".py"} == {
+        ENCODING,
+        *(ENCODING.parent / f"{s}.npy" for s in ("train", "val")),
+    }

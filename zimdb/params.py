@@ -5,6 +5,7 @@ value out of range fails fast with the key named, instead of deep inside a stage
 `epochs: true` or `lr: "0.1"` read as numbers; integers are accepted where a float is meant.
 """
 
+import types
 import typing
 from pathlib import Path
 from typing import Literal
@@ -62,7 +63,7 @@ class Train(Section):
     grad_accum_steps: int = Field(ge=1)
     grad_clip: float = Field(ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"]
-    grad_checkpointing: bool
+    grad_checkpointing: bool | Literal["auto"]
     device: Device
     seed: int = Field(ge=0)
     nproc_per_node: int = Field(ge=1)
@@ -93,6 +94,15 @@ class Params(Section):
 
 def describe(field: FieldInfo) -> str:
     """What a field accepts, in the words of the error messages."""
+    if typing.get_origin(field.annotation) in (typing.Union, types.UnionType):  # bool | Literal
+        values = [
+            repr(v) if typing.get_origin(kind) is Literal else str(v).lower()
+            for kind in typing.get_args(field.annotation)
+            for v in (
+                typing.get_args(kind) if typing.get_origin(kind) is Literal else (True, False)
+            )
+        ]
+        return ", ".join(values[:-1]) + " or " + values[-1]
     if typing.get_origin(field.annotation) is Literal:
         return "one of " + ", ".join(repr(c) for c in typing.get_args(field.annotation))
     name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -120,7 +130,7 @@ def validate(params: typing.Any, source: Path = PARAMS_FILE) -> Params:
         return Params.model_validate(params)
     except ValidationError as e:
         error = e.errors()[0]
-        loc = tuple(str(part) for part in error["loc"])
+        loc = tuple(str(part) for part in error["loc"][:2])  # a union adds its member's name
         key = ".".join(loc)
         known = Params.model_fields if len(loc) == 1 else Params.model_fields[loc[0]].annotation
         if error["type"] == "extra_forbidden":

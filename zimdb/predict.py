@@ -21,7 +21,8 @@ from zimdb.data.artifacts import atomic_path
 from zimdb.errors import PipelineError, run
 from zimdb.model.device import resolve
 from zimdb.paths import MODEL
-from zimdb.scoring import scorer
+from zimdb.scoring import files
+from zimdb.scoring.scorer import Scorer
 from zimdb.scoring.verdict import labels
 
 CHUNK = 8192  # reviews cleaned and encoded at a time: bounded memory for any file size
@@ -90,7 +91,7 @@ def check_output(path: Path) -> None:
         raise PipelineError(f"--output {path}: folder {path.parent} does not exist")
 
 
-def probabilities(texts: pd.Series, trained: scorer.Scorer, batch_size: int) -> np.ndarray:
+def probabilities(texts: pd.Series, trained: Scorer, batch_size: int) -> np.ndarray:
     out = np.empty(len(texts), dtype=np.float32)
     with tqdm(
         total=len(texts), unit=" reviews", disable=len(texts) <= CHUNK, file=sys.stderr
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     # takes: they are read back as a UTF-8 decoder reads bad bytes, each a U+FFFD.
     given = [os.fsencode(t).decode("utf-8", "replace") for t in args.texts]
     texts = read_texts(args.file) if args.file else pd.Series(given, dtype=object)
-    trained = scorer.load(args.model, resolve(args.device, "--device"))
+    trained = files.load(args.model, resolve(args.device, "--device"))
     prob = probabilities(texts, trained, args.batch_size)
     result = pd.DataFrame({"text": texts, "label": labels(prob), "probability": prob})
     if args.output:

@@ -37,7 +37,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
         raise
 
 
-def _damaged(path: Path, stage: str, why: str) -> PipelineError:
+def damaged(path: Path, stage: str, why: str) -> PipelineError:
     return PipelineError(
         f"{path}: {why}; it was damaged or edited by hand, recreate it with "
         f"`uv run dvc repro --force {stage}`"
@@ -57,15 +57,15 @@ def read_table(path: str | Path, stage: str, columns: dict[str, str]) -> pd.Data
     try:
         df = pd.read_parquet(path)
     except (OSError, pa.ArrowException) as e:
-        raise _damaged(path, stage, f"not a readable parquet file ({e})") from None
+        raise damaged(path, stage, f"not a readable parquet file ({e})") from None
     for name, kind in columns.items():
         if name not in df.columns:
-            raise _damaged(path, stage, f"column {name!r} is missing")
+            raise damaged(path, stage, f"column {name!r} is missing")
         if kind == "str":
             if not df[name].map(type).eq(str).all():
-                raise _damaged(path, stage, f"column {name!r} must hold strings")
+                raise damaged(path, stage, f"column {name!r} must hold strings")
         elif df[name].dtype.kind not in kind:
-            raise _damaged(path, stage, f"column {name!r} has dtype {df[name].dtype}")
+            raise damaged(path, stage, f"column {name!r} has dtype {df[name].dtype}")
     return df
 
 
@@ -80,7 +80,7 @@ def read_vocab(path: str | Path, stage: str = "vocab") -> list[str]:
         raise PipelineError(f"{path} not found: run `uv run dvc repro {stage}` first")
     words = path.read_text().split("\n")[:-1]
     if len(words) < 3 or len(set(words)) != len(words) or any(not w for w in words):
-        raise _damaged(path, stage, "expected one distinct word per line, PAD and UNK first")
+        raise damaged(path, stage, "expected one distinct word per line, PAD and UNK first")
     return words
 
 
@@ -95,24 +95,28 @@ def write_encoded(records: np.ndarray, path: str | Path) -> None:
         np.save(f, records, allow_pickle=False)
 
 
-def read_encoded(path: str | Path, vocab_size: int, stage: str = "encode") -> np.ndarray:
+def read_encoded(
+    path: str | Path, vocab_size: int, max_len: int, stage: str = "encode"
+) -> np.ndarray:
+    """One split's encoded reviews, checked against the vocabulary and width they were made
+    with (zimdb.data.encoding)."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path} not found: run `uv run dvc repro {stage}` first")
     try:
         records = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise _damaged(path, stage, f"not a readable .npy file ({e})") from None
+        raise damaged(path, stage, f"not a readable .npy file ({e})") from None
     names = records.dtype.names or ()
     if names != ("ids", "length", "label") or records.ndim != 1:
-        raise _damaged(path, stage, f"unexpected layout {records.dtype}")
-    max_len = records.dtype["ids"].shape[0]
+        raise damaged(path, stage, f"unexpected layout {records.dtype}")
     bad = (
-        (records["length"] < 1).any()
+        records.dtype["ids"].shape != (max_len,)
+        or (records["length"] < 1).any()
         or (records["length"] > max_len).any()
         or (records["label"] > 1).any()
         or (len(records) and int(records["ids"].max()) >= vocab_size)
     )
     if bad:
-        raise _damaged(path, stage, "lengths, labels or ids out of range for the vocabulary")
+        raise damaged(path, stage, "widths, lengths, labels or ids out of range for its encoding")
     return records

@@ -1,4 +1,5 @@
-"""Text rules shared by the pipeline and prediction: cleaning, tokenising, the special ids."""
+"""Text rules shared by the pipeline and prediction: cleaning, splitting into words, the special
+ids."""
 
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -85,29 +86,3 @@ def word_counts(cleaned: pd.Series) -> pd.Series:
         counts.field("counts").to_numpy(), index=counts.field("values").to_pandas(), dtype=np.int64
     )
     return counts.drop("", errors="ignore")  # the "word" Arrow makes of an empty review
-
-
-def encode(
-    cleaned: pd.Series, vocab: list[str], max_len: int, truncate: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids [n, max_len] (PAD after the review) and the number of tokens read per row:
-    its words, or a lone PAD for an empty review, so that every review has a last token to be
-    read at.
-
-    `truncate` says which end of a long review is kept: "head" keeps its start (the original),
-    "tail" its end. Vectorised over all tokens at once: no Python loop per review.
-    """
-    flat, counts = split_words(cleaned)
-    found = pc.index_in(flat, value_set=pa.array(vocab, type=pa.string()))
-    ids = pc.fill_null(found, UNK).to_numpy().astype(np.int64)
-    # Each word's column: its position in the review, less the words cut from a long review's
-    # start when the tail is kept.
-    first = np.cumsum(counts) - counts
-    if truncate == "tail":
-        first += np.maximum(counts - max_len, 0)
-    col = np.arange(len(ids)) - np.repeat(first, counts)
-    keep = (col >= 0) & (col < max_len)
-    cell = np.repeat(np.arange(len(counts)) * max_len, counts) + col  # index into out, flattened
-    out = np.full((len(counts), max_len), PAD, dtype=np.int64)
-    out.reshape(-1)[cell[keep]] = ids[keep]
-    return out, np.clip(counts, 1, max_len)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids, lengths, labels
 BUCKET_BATCHES = 50  # batches sorted together: enough to group lengths, few enough to stay random
 
 
@@ -22,11 +23,16 @@ class Encoded:
 
     @classmethod
     def from_records(cls, records: np.ndarray, device: torch.device) -> "Encoded":
-        lengths = records["length"].astype(np.int64)
+        """The encode stage's records (zimdb.data.artifacts.read_encoded) on `device`."""
+        return cls.from_arrays(records["ids"], records["length"], records["label"], device)
+
+    @classmethod
+    def from_arrays(cls, ids, lengths, labels, device: torch.device) -> "Encoded":
+        lengths = np.asarray(lengths, dtype=np.int64)
         return cls(
-            ids=torch.from_numpy(records["ids"].astype(np.int64)).to(device),
+            ids=torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device),
             lengths=torch.from_numpy(lengths).to(device),
-            labels=torch.from_numpy(records["label"].astype(np.float32)).to(device),
+            labels=torch.from_numpy(np.asarray(labels, dtype=np.float32)).to(device),
             lengths_np=lengths,
         )
 
@@ -37,13 +43,13 @@ class Encoded:
         rows = torch.from_numpy(idx).to(self.ids.device)
         return Encoded(self.ids[rows], self.lengths[rows], self.labels[rows], self.lengths_np[idx])
 
-    def batch(self, idx: np.ndarray, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def batch(self, idx: np.ndarray, rows: torch.Tensor) -> Batch:
         """ids cut to the batch's longest review, lengths, labels of the rows `idx` (`rows`: the
         same indices on the device)."""
         width = int(self.lengths_np[idx].max())
         return self.ids[rows, :width], self.lengths[rows], self.labels[rows]
 
-    def batches(self, order: list[np.ndarray]) -> list[tuple[torch.Tensor, ...]]:
+    def batches(self, order: list[np.ndarray]) -> list[Batch]:
         """The batches of `order`, their indices sent to the device in one copy: a copy per
         batch from pageable memory would make the host wait for the GPU every time."""
         if not order:

@@ -1,5 +1,9 @@
-"""Choosing the torch device from params, and the peak FLOP/s a run's utilisation is read against."""
+"""The torch device: chosen from params, prepared for work, its free memory, and the peak FLOP/s
+a run's utilisation is read against."""
 
+import ctypes
+import os
+import platform
 import time
 
 import torch
@@ -17,21 +21,61 @@ def resolve(name: str, where: str) -> torch.device:
     return torch.device(name)
 
 
-# Dense peak FLOP/s of common GPUs (vendor datasheets, SXM/boards without sparsity): fp16/bf16
-# tensor cores under autocast, fp32 (no TF32) otherwise. The first key found in the device name
-# wins, so longer names come before their prefixes (A100 before A10, L40 before L4).
-GPU_PEAK = {
-    "H200": (989e12, 67e12),
-    "H100": (989e12, 67e12),
-    "A100": (312e12, 19.5e12),
-    "L40S": (362e12, 91.6e12),
-    "L40": (181e12, 90.5e12),
-    "L4": (121e12, 30.3e12),
-    "A10": (125e12, 31.2e12),
-    "RTX 4090": (165e12, 82.6e12),
-    "RTX 3090": (71e12, 35.6e12),
-    "V100": (125e12, 15.7e12),
-    "T4": (65e12, 8.1e12),
+# Linux's glibc serves every allocation over 32 MiB (an LSTM's activations for a batch, 65 MiB
+# of gates at the defaults) with a fresh mmap and gives it back on free, so every training step
+# faults its activations in again: 130,000 minor faults a second, a quarter of the step time on a
+# 2-core AMD EPYC (issue 26). Kept on the heap instead, and the heap kept, they are reused.
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameters, from glibc's malloc.h
+TRIM_THRESHOLD = 1 << 30  # bytes free at the heap's top before it is given back to the system
+
+
+def prepare(device: torch.device) -> None:
+    """On a CPU: numbers below fp32's normal range (1e-38) become 0, and large tensors come from
+    a heap that is kept rather than a fresh mmap each.
+
+    An LSTM whose gradients fade, as they do with the forget gates' bias at PyTorch's 0,
+    otherwise spends its backward on denormals: 3,077 against 228 ms a step on an Intel Xeon
+    (docs/benchmarks.md). Threads started afterwards, as torch's own are, inherit the setting."""
+    if device.type != "cpu":
+        return
+    torch.set_flush_denormal(True)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes the device has free now: a GPU's, or the memory the system has available."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(line for line in f if line.startswith("MemAvailable:"))
+        return int(available.split()[1]) * 1024
+    except (OSError, StopIteration):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+# Dense peak FLOP/s of common GPUs (vendor datasheets, without sparsity): fp16/bf16 tensor cores
+# under autocast; fp32 as cuDNN's RNNs compute it, in TF32 (torch's default), or plain fp32 where
+# TF32 is turned off. The first key found in the device name wins, so longer names come before
+# their prefixes (H100 PCIe before H100, A100 before A10, L40 before L4).
+GPU_PEAK = {  # half, TF32, fp32
+    "H100 PCIe": (756e12, 378e12, 51e12),
+    "H100 NVL": (835e12, 418e12, 60e12),
+    "H200 NVL": (835e12, 418e12, 60e12),
+    "H200": (989e12, 495e12, 67e12),
+    "H100": (989e12, 495e12, 67e12),
+    "A100": (312e12, 156e12, 19.5e12),
+    "L40S": (362e12, 183e12, 91.6e12),
+    "L40": (181e12, 90.5e12, 90.5e12),
+    "L4": (121e12, 60e12, 30.3e12),
+    "A10": (125e12, 62.5e12, 31.2e12),
+    "RTX 4090": (165e12, 82.6e12, 82.6e12),
+    "RTX 3090": (71e12, 35.6e12, 35.6e12),
+    "V100": (125e12, 15.7e12, 15.7e12),  # no TF32
+    "T4": (65e12, 8.1e12, 8.1e12),  # no TF32
 }
 
 
@@ -61,7 +105,9 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     if device.type != "cuda":
         return matmul_flops(device, dtype)
     name = torch.cuda.get_device_name(device)
-    for model, (half, fp32) in GPU_PEAK.items():
+    for model, (half, tf32, fp32) in GPU_PEAK.items():
         if model in name:
-            return fp32 if dtype == torch.float32 else half
+            if dtype != torch.float32:
+                return half
+            return tf32 if torch.backends.cudnn.allow_tf32 else fp32
     return None

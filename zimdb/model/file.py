@@ -1,9 +1,9 @@
 """data/model.pt, the train stage's model file: its layout, how it is written and read back.
 
-The file holds the model's config and weights, the vocabulary and the encode settings it was
-trained with, and the precision it was trained in. Given model.pt alone, predict, the web
-service or anyone else cleans, encodes and scores a review exactly as the pipeline did,
-whatever params.yaml or data/ say now (zimdb.scoring.lstm does the scoring).
+The file holds the model's config and weights, the Encoding of the data it was trained on (its
+vocabulary and encode settings) and the precision it was trained in. Given model.pt alone,
+predict, the web service or anyone else cleans, encodes and scores a review exactly as the
+pipeline did, whatever params.yaml or data/ say now (zimdb.scoring.lstm does the scoring).
 """
 
 import zipfile
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from zimdb.data.artifacts import atomic_path
+from zimdb.data.encoding import Encoding
 from zimdb.errors import PipelineError
 from zimdb.model.lstm import ModelConfig, SentimentLSTM
 
@@ -20,9 +21,7 @@ from zimdb.model.lstm import ModelConfig, SentimentLSTM
 @dataclass
 class ModelFile:
     model: SentimentLSTM
-    vocab: list[str]
-    max_len: int
-    truncate: str
+    encoding: Encoding
     precision: str  # trained in: fp32, bf16 or fp16
 
     @property
@@ -33,8 +32,7 @@ class ModelFile:
         saved = {
             "config": asdict(self.model.config),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "vocab": self.vocab,
-            "encode": {"max_len": self.max_len, "truncate": self.truncate},
+            "encoding": asdict(self.encoding),
             "precision": self.precision,
         }
         # Through a file object: given a path, torch.save names the archive's root folder after
@@ -60,13 +58,7 @@ class ModelFile:
             saved = torch.load(path, map_location=device, weights_only=True)
             model = SentimentLSTM(ModelConfig(**saved["config"]))
             model.load_state_dict(saved["state_dict"])
-            return cls(
-                model.to(device).eval(),
-                saved["vocab"],
-                saved["encode"]["max_len"],
-                saved["encode"]["truncate"],
-                saved["precision"],
-            )
+            return cls(model.to(device).eval(), Encoding(**saved["encoding"]), saved["precision"])
         except Exception as e:  # any damage or an older layout reads as one message, one line
             reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise PipelineError(

@@ -27,6 +27,7 @@ class Precision:
     device_type: str  # cpu or cuda
     why: str  # for the log: the setting, and what decided it
     warning: str | None = None  # something the user should hear once, on stderr
+    scaled: bool = False  # loss scaling: fp16's small gradients underflow (below 6e-8)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -44,9 +45,8 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
-        """Loss scaling for fp16 alone: its small gradients underflow (below 6e-8), where bf16
-        has fp32's exponent range and needs none."""
-        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
+        """Enabled where the gradients pass through fp16: bf16 has fp32's exponent range."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.scaled)
 
 
 def native_bf16(device: torch.device) -> str | None:
@@ -68,7 +68,8 @@ def for_training(setting: str, device: torch.device, key: str) -> Precision:
     cuda = device.type == "cuda"
     if setting == "auto":
         if cuda:
-            return Precision("fp16", "cuda", f"{key} auto on a CUDA GPU: fp16 autocast, GradScaler")
+            why = f"{key} auto on a CUDA GPU: fp16 autocast, GradScaler"
+            return Precision("fp16", "cuda", why, scaled=True)
         feature = native_bf16(device)
         if feature:
             return Precision("bf16", "cpu", f"{key} auto: this CPU has {feature}")
@@ -89,7 +90,7 @@ def for_training(setting: str, device: torch.device, key: str) -> Precision:
             f"warning: {key} is 'bf16' but this CPU has no AMX-BF16 or AVX512-BF16: bf16 is "
             "emulated, many times slower than fp32"
         )
-    return Precision(setting, device.type, f"{key} {setting}", warning)
+    return Precision(setting, device.type, f"{key} {setting}", warning, setting == "fp16")
 
 
 def for_scoring(trained: str, device: torch.device) -> Precision:
@@ -105,12 +106,3 @@ def for_scoring(trained: str, device: torch.device) -> Precision:
         file=sys.stderr,
     )
     return Precision("fp32", device.type, f"trained in {trained}, scored in fp32")
-
-
-def flush_denormals(device: torch.device) -> None:
-    """On a CPU, numbers below fp32's normal range (1e-38) become 0. An LSTM whose gradients
-    fade, as they do with the forget gates' bias at PyTorch's 0, otherwise spends its backward on
-    them: 3,077 against 228 ms a step on an Intel Xeon (docs/benchmarks.md). Threads started
-    afterwards, as torch's own are, inherit the setting."""
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)

@@ -22,6 +22,7 @@ from zimdb.data import text
 from zimdb.data.artifacts import atomic_path
 from zimdb.errors import PipelineError
 from zimdb.params import Baseline as BaselineParams
+from zimdb.scoring.scorer import Reading
 
 NAME = "TF-IDF + logistic regression"
 
@@ -61,6 +62,20 @@ class Baseline:
 
     def describe(self) -> str:
         return NAME
+
+    @property
+    def running_note(self) -> str:
+        return (
+            f"No running verdict: {NAME} reads a review as a bag of word n-grams, with no state "
+            "after each word."
+        )
+
+    def read(self, review: str) -> Reading:
+        """The words it reads of `review` (all of them) and its verdict; no running verdict."""
+        given = pd.Series([review], dtype=object)
+        words = text.split_words(text.clean(given))[0].to_pylist()
+        unknown = [w not in self.unigrams for w in words]
+        return Reading(words, unknown, 0, None, None, float(self.probabilities(given)[0]), None)
 
     @cached_property
     def unigrams(self) -> frozenset[str]:

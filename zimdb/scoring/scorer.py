@@ -1,41 +1,32 @@
-"""Either model file, ready to score raw reviews: for the commands that take `--model` (predict,
-serve). The LSTM's model.pt and the baseline's .skops are both zip archives; skops' holds a
-schema.json."""
+"""What predict, serve and the page use of a model: the calls both models answer, the LSTM
+(zimdb.scoring.lstm) and the baseline (zimdb.scoring.baseline), and what a reading holds."""
 
-import zipfile
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
-import torch
 
-from zimdb.scoring.lstm import TrainedModel
+
+@dataclass
+class Reading:
+    """One review as a model read it, and its verdict after each word: what the page draws."""
+
+    words: list[str]  # the words read: cleaned, then truncated to max_len
+    unknown: list[bool]  # not in the model's vocabulary (the LSTM reads them as UNK)
+    cut: int  # words dropped by truncation (from the start with truncate "tail")
+    truncate: str | None  # which end a long review keeps; None: the model reads all of it
+    max_len: int | None  # the most words it reads; None: no limit
+    probability: float  # P(positive), as the model's probabilities() gives it
+    running: list[float] | None  # P(positive) had the review ended at each word
 
 
 class Scorer(Protocol):
-    """What predict and serve use of a model: TrainedModel and zimdb.scoring.baseline.Baseline."""
-
-    def probabilities(self, texts: pd.Series, batch_size: int) -> np.ndarray: ...
+    running_note: str | None  # why the page shows no running verdict; None where it shows one
 
     def describe(self) -> str: ...
 
+    def probabilities(self, texts: pd.Series, batch_size: int) -> np.ndarray:
+        """P(positive) of each raw review, cleaned and encoded as the pipeline does."""
 
-def is_baseline_file(path: Path) -> bool:
-    """Whether `path` is a skops file (a zip archive with skops' schema.json), not model.pt."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return "schema.json" in archive.namelist()
-
-
-def load(path: str | Path, device: torch.device | str = "cpu") -> Scorer:
-    """The model in `path` (the LSTM on `device`; the baseline runs on the CPU)."""
-    path = Path(path)
-    if path.is_file() and is_baseline_file(path):
-        # Imported only for a baseline: scikit-learn and skops add about 3 s to the start of
-        # predict and serve, which scoring with the LSTM never needs.
-        from zimdb.scoring.baseline import Baseline
-
-        return Baseline.load(path)
-    return TrainedModel.load(path, device)
+    def read(self, review: str) -> Reading: ...

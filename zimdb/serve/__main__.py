@@ -16,7 +16,7 @@ import uvicorn
 from zimdb.errors import run
 from zimdb.model.device import resolve
 from zimdb.paths import MODEL
-from zimdb.scoring import scorer
+from zimdb.scoring import files
 from zimdb.serve.app import create_app
 from zimdb.serve.worker import BATCH_SIZE, ModelWorker
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--batch-size must be at least 1")
     device = resolve(args.device, "--device")
     batch_size = args.batch_size or BATCH_SIZE[device.type]
-    worker = ModelWorker(lambda: scorer.load(args.model, device), batch_size)
+    worker = ModelWorker(lambda: files.load(args.model, device), batch_size)
     print(
         f"serving {args.model} ({worker.trained.describe()}) on http://{args.host}:{args.port}/",
         file=sys.stderr,

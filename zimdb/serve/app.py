@@ -21,7 +21,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from zimdb.errors import one_line
-from zimdb.scoring.explain import read, running_note
 from zimdb.scoring.verdict import labels
 from zimdb.serve.worker import MAX_TEXTS, ModelWorker
 
@@ -178,7 +177,6 @@ def create_app(
     A request waits `timeout` seconds for the model, /health `health_timeout`: then a 503.
     """
     trained = worker.trained
-    note = running_note(trained)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -244,7 +242,7 @@ def create_app(
     @app.post("/explain", responses=ERRORS)
     async def explain(request: ExplainRequest, http: Request) -> ExplainResponse:
         """One review as the model read it and its verdict after each word, from one pass."""
-        job = worker.call(lambda: read(trained, request.text))
+        job = worker.call(lambda: trained.read(request.text))
         reading = await answer(job, timeout, http, f"a text of {len(request.text)} characters")
         return ExplainResponse(
             label=labels(reading.probability).item(),
@@ -255,7 +253,7 @@ def create_app(
             truncate=reading.truncate,
             max_len=reading.max_len,
             running=reading.running,
-            running_note=note,
+            running_note=trained.running_note,
         )
 
     @app.get("/health", responses=UNAVAILABLE)

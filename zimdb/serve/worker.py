@@ -9,7 +9,7 @@ from functools import partial
 
 import pandas as pd
 
-from zimdb.scoring import scorer
+from zimdb.scoring.scorer import Scorer
 
 MAX_TEXTS = 256  # per request
 GATHER = MAX_TEXTS  # most reviews scored in one call to the model: one full request
@@ -49,7 +49,7 @@ class ModelWorker:
 
     def __init__(
         self,
-        load: Callable[[], scorer.Scorer],
+        load: Callable[[], Scorer],
         batch_size: int,
         gather: int = GATHER,
         wait: float = GATHER_WAIT,
@@ -60,7 +60,7 @@ class ModelWorker:
         self.thread = threading.Thread(target=self._run, name="zimdb-model", daemon=True)
         self.thread.start()
         try:
-            self.trained: scorer.Scorer = self.call(load).result()
+            self.trained: Scorer = self.call(load).result()
         except BaseException:
             self.stop()
             raise

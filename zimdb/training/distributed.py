@@ -29,6 +29,9 @@ class Group:
         return self.world_size > 1
 
 
+ONE = Group()  # a run of one process
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
@@ -41,19 +44,20 @@ def relaunch(module: str, nproc: int) -> int:
     return subprocess.call(cmd)
 
 
-def init(cuda: bool) -> Group:
-    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs), or a group of one."""
+def init(device_type: str, backend: str | None = None) -> Group:
+    """Join torchrun's process group (`backend`, or NCCL on GPUs and gloo on CPUs), or a group
+    of one."""
     if not launched_by_torchrun():
-        return Group()
+        return ONE
     group = Group(
         int(os.environ["RANK"]),
         int(os.environ["LOCAL_RANK"]),
         int(os.environ["WORLD_SIZE"]),
         int(os.environ["LOCAL_WORLD_SIZE"]),
     )
-    if cuda:
+    if device_type == "cuda":
         torch.cuda.set_device(group.local_rank)
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    dist.init_process_group(backend=backend or ("nccl" if device_type == "cuda" else "gloo"))
     return group
 
 
@@ -67,13 +71,12 @@ def shard(batches: list, group: Group) -> list:
     return batches[group.rank : usable : group.world_size]
 
 
-def all_sum(group: Group, *values: torch.Tensor) -> list[torch.Tensor]:
-    """Each tensor summed over all processes (unchanged in a group of one)."""
-    if not group.enabled:
-        return list(values)
-    stacked = torch.stack([v.double() for v in values])
-    dist.all_reduce(stacked)
-    return list(stacked.unbind())
+def all_sum(group: Group, values: torch.Tensor) -> torch.Tensor:
+    """`values` summed over all processes (unchanged in a group of one). One tensor, made on the
+    run's device: NCCL reduces nothing else, and one reduction is one wait."""
+    if group.enabled:
+        dist.all_reduce(values)
+    return values
 
 
 def broadcast(group: Group, obj, device: torch.device):

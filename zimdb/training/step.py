@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids, lengths, labels
+from zimdb.model.batches import Batch
 
 # A window GradScaler skipped (inf or NaN gradients) still counts as a step of the schedule, so
 # the schedule ends where it was planned to; torch takes that for a misordered call and warns.
