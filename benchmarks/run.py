@@ -154,13 +154,15 @@ def time_loop(run: Run, train: Encoded, steps: int) -> tuple[float, float]:
     return samples / seconds, tokens / seconds
 
 
-def lstm_kernel(train: Encoded, steps: int, p: Train, dtype: torch.dtype) -> float:
-    """Samples/s of nn.LSTM's forward and backward alone on random inputs of the loop's batch
-    shapes: no embedding, head, optimizer or data work. The loop cannot beat this."""
+def lstm_kernel(run: Run, train: Encoded, steps: int) -> float:
+    """Samples/s of nn.LSTM's forward and backward alone on random inputs of the shapes of the
+    batches time_loop times: no embedding, head, optimizer or data work. The loop cannot beat
+    this."""
     torch.manual_seed(0)
-    device = train.ids.device
+    p, device, dtype = run.p, run.device, run.precision.dtype
     lstm = nn.LSTM(p.embedding_dim, p.hidden_dim, batch_first=True).to(device)
-    widths = [b[0].shape[1] for b in train.batches(batches_of(train, p.batch_size)[:steps])]
+    mine = windows(run, train, np.random.default_rng(0))[: max(steps // p.grad_accum_steps, 1)]
+    widths = [ids.shape[1] for window in mine for ids, _, _ in window.batches]
     inputs = [torch.randn(p.batch_size, w, p.embedding_dim, device=device) for w in widths]
     start = time.perf_counter()
     for x in inputs:
@@ -170,11 +172,6 @@ def lstm_kernel(train: Encoded, steps: int, p: Train, dtype: torch.dtype) -> flo
     if device.type == "cuda":
         torch.cuda.synchronize()
     return p.batch_size * len(inputs) / (time.perf_counter() - start)
-
-
-def batches_of(train: Encoded, size: int) -> list[np.ndarray]:
-    order = np.random.default_rng(0).permutation(len(train))
-    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def lstm_shaped_matmul_flops(device, steps: int, p: Train, dtype, seconds: float = 0.5) -> float:
@@ -388,7 +385,7 @@ def main() -> None:
         for name in runs[1:]:
             print(f"  {name} against fp32: {rates[name][0] / rates['fp32'][0]:.2f} x")
         for name in runs:
-            kernel = lstm_kernel(train, args.steps, p, stage_runs[name].precision.dtype)
+            kernel = lstm_kernel(stage_runs[name], train, args.steps)
             print(
                 f"  nn.LSTM forward+backward alone, {name}, at the loop's batch shapes: "
                 f"{kernel:.0f} samples/s; the loop runs at {rates[name][0] / kernel:.0%} of it"
