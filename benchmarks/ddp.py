@@ -35,7 +35,7 @@ def worker(encoded: Path, steps: int) -> None:
     p = train_params()
     train, encoding = load_split(encoded, "train", cpu)
     precision = for_training(p.precision, cpu, "params.yaml: train.precision")
-    run = assemble(p, len(encoding.vocab), encoding.max_len, len(train), cpu, precision, group)
+    run = assemble(p, train, encoding, precision, group)
     mine = windows(run, train, np.random.default_rng(0))
     train_windows(run, mine[:2], 1)  # warm-up: threads, oneDNN's kernels, gloo's buffers
     start = time.perf_counter()
@@ -47,7 +47,7 @@ def worker(encoded: Path, steps: int) -> None:
     if group.is_main:
         label = f"{group.world_size} process(es) of {torch.get_num_threads()} thread(s)"
         print(f"  {label:<32} {samples / seconds.item():6.0f} samples/s", flush=True)
-    distributed.shutdown(group)
+    distributed.shutdown()
 
 
 def main() -> None:

@@ -137,9 +137,7 @@ def train_params(**overrides) -> Train:
 
 def stage_run(p: Train, train: Encoded, encoding: Encoding, precision: str) -> Run:
     """The train stage's run of params `p` on `train`, in `precision` (auto, fp32, bf16, ...)."""
-    device = train.ids.device
-    chosen = for_training(precision, device, "benchmark precision")
-    return assemble(p, len(encoding.vocab), encoding.max_len, len(train), device, chosen)
+    return assemble(p, train, encoding, for_training(precision, train.ids.device, "precision"))
 
 
 def time_loop(run: Run, train: Encoded, steps: int) -> tuple[float, float]:

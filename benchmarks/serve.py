@@ -3,7 +3,7 @@
 Starts `python -m zimdb.serve` on a free port of 127.0.0.1, stops it at the end, and prints
 measured figures only: the latency (p50, p99) of one 250-word review over HTTP, one request at a
 time; the throughput of 1 and of 16 concurrent clients sending one review per request, and of
-16 sending 16, as a ratio to scoring the same reviews offline (TrainedModel.probabilities on
+16 sending 16, as a ratio to scoring the same reviews offline (LSTMScorer.probabilities on
 all of them at once, in this process, at predict's batch size and at the server's, each timed
 before and after the served runs: the fastest of these readings counts); and the server
 process's resident memory.
@@ -29,7 +29,7 @@ from zimdb.data import text
 from zimdb.errors import run
 from zimdb.paths import MODEL, RAW
 from zimdb.predict import read_texts
-from zimdb.scoring.lstm import TrainedModel
+from zimdb.scoring.lstm import LSTMScorer
 
 HEADERS = {"Content-Type": "application/json"}
 
@@ -113,7 +113,7 @@ def served(
 
 
 def offline(
-    trained: TrainedModel, reviews: list[str], batch_size: int = 256
+    trained: LSTMScorer, reviews: list[str], batch_size: int = 128
 ) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
     probabilities = trained.probabilities(pd.Series(reviews, dtype=object), batch_size)
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="the server's --batch-size")
     args = parser.parse_args()
 
-    trained = TrainedModel.load(args.model)
+    trained = LSTMScorer.load(args.model)
     pool = read_texts(args.reviews).sample(frac=1, random_state=0).tolist()
     reviews = (pool * (args.n // len(pool) + 1))[: args.n]
     # One real review cut to its first 250 words: cleaned already, so the model reads all 250.
@@ -152,15 +152,15 @@ def main() -> None:
         sys.exit(f"{args.reviews}: no review of 250 words or more")
     review = " ".join(long[:250])
 
-    config = trained.model.config
+    config = trained.file.model.config
     print(
         f"model {args.model}: hidden {config.hidden_dim}, embedding {config.embedding_dim}, "
-        f"vocab {config.vocab_size}, max_len {trained.max_len}; {len(reviews)} reviews of "
+        f"vocab {config.vocab_size}, max_len {trained.file.encoding.max_len}; {len(reviews)} reviews of "
         f"{args.reviews} (mean {np.mean([len(w) for w in cleaned]):.0f} words); "
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads); "
         f"server --batch-size {args.batch_size} --threads {args.threads or 'default'}"
     )
-    sizes = sorted({256, args.batch_size})  # predict's default, and the server's
+    sizes = sorted({128, args.batch_size})  # predict's default, and the server's
     readings = {size: [offline(trained, reviews, size)[0]] for size in sizes}
     reference = offline(trained, reviews)[1]
 
@@ -187,7 +187,7 @@ def main() -> None:
         readings[size].append(offline(trained, reviews, size)[0])
         before, after = (len(reviews) / s for s in readings[size])
         print(
-            f"offline TrainedModel.probabilities(all {len(reviews)}, batch_size={size}): "
+            f"offline LSTMScorer.probabilities(all {len(reviews)}, batch_size={size}): "
             f"{before:.0f} and {after:.0f} reviews/s (before and after the served runs)"
         )
     best = len(reviews) / min(min(r) for r in readings.values())

@@ -16,7 +16,7 @@ from dvclive import Live
 
 from zimdb import errors, params
 from zimdb.data.artifacts import read_encoded
-from zimdb.data.encoding import read_encoding
+from zimdb.data.encoding import Encoding, read_encoding
 from zimdb.errors import PipelineError
 from zimdb.imports import ROOT, project_files
 from zimdb.model.batches import Encoded
@@ -25,59 +25,26 @@ from zimdb.model.file import ModelFile
 from zimdb.model.precision import for_training
 from zimdb.paths import ENCODED, ENCODING, MODEL, TRAIN_LIVE
 from zimdb.training import distributed
-from zimdb.training.run import assemble, epoch
+from zimdb.training.run import Run, assemble, epoch
 from zimdb.training.state import TrainState, fingerprint
 
 
 def main() -> None:
     p = params.load("train")
-    device = resolve(p.device, "params.yaml: train.device")
-    precision = for_training(p.precision, device, "params.yaml: train.precision")
-    # Read and checked before any relaunch, so a mistake is one line, not one per process.
-    encoding = read_encoding(ENCODING)
-    splits = ("train", "val")
-    size, width = len(encoding.vocab), encoding.max_len
-    records = {s: read_encoded(ENCODED / f"{s}.npy", size, width) for s in splits}
-    check_batches(len(records["train"]), p, p.nproc_per_node, "train.nproc_per_node=")
-    if device.type == "cuda" and p.nproc_per_node > torch.cuda.device_count():
-        raise PipelineError(
-            f"params.yaml: train.nproc_per_node={p.nproc_per_node} but only "
-            f"{torch.cuda.device_count()} CUDA GPU(s) are visible"
-        )
-    if p.nproc_per_node > 1 and not distributed.launched_by_torchrun():
-        sys.exit(distributed.relaunch("stages.train", p.nproc_per_node))
-    group = distributed.init(device.type)
-    check_batches(len(records["train"]), p, group.world_size, "torchrun's WORLD_SIZE=")
-    if device.type == "cuda":
-        device = torch.device("cuda", group.local_rank)
-    prepare(device)
-    train, val = (Encoded.from_records(records[s], device) for s in splits)
-
-    run = assemble(p, size, width, len(train), device, precision, group)
+    run, train, val, encoding = start(p)
+    group = run.group
     # The code too: a state an older model, loop or state layout saved may not fit, or mean the
     # same.
-    inputs = [ENCODING, *(ENCODED / f"{s}.npy" for s in splits)]
+    inputs = [ENCODING, *(ENCODED / f"{s}.npy" for s in ("train", "val"))]
     inputs += [ROOT / f for f in project_files("stages.train")]
     state = TrainState(
         run.stepper,
         run.model,
         np.random.default_rng(p.seed),
-        fingerprint(p, inputs, group.world_size, device.type, run.precision.name),
+        fingerprint(p, inputs, group.world_size, run.device.type, run.precision.name),
     )
+    state.restore(p.epochs, run.device, group)
     live = None
-    if group.is_main:
-        if run.precision.warning:
-            print(run.precision.warning, file=sys.stderr)
-        peak = f"; peak {run.peak / 1e9:.0f} GFLOP/s" if run.peak else ""
-        measured = " (a square matmul, measured now and after each epoch)"
-        print(
-            f"precision {run.precision.name} ({run.precision.why}); device {device} x "
-            f"{group.world_size}; gradient checkpointing "
-            f"{'on' if run.model.grad_checkpointing else 'off'} ({run.checkpointing})"
-            + peak
-            + (measured if peak and device.type == "cpu" else "")
-        )
-    state.restore(p.epochs, device, group)
     if group.is_main:
         live = Live(str(TRAIN_LIVE), dvcyaml=None, save_dvc_exp=False)
         for number, logged in enumerate(state.history, 1):  # DVC cleared dvclive/train: replay
@@ -95,7 +62,46 @@ def main() -> None:
         run.model.load_state_dict(state.best_weights)
         ModelFile(run.model, encoding, run.precision.name).save(MODEL)
         print(f"saved {MODEL}: epoch {state.best_epoch}, val accuracy {state.best_acc:.4f}")
-    distributed.shutdown(group)
+    distributed.shutdown()
+
+
+def start(p: params.Train) -> tuple[Run, Encoded, Encoded, Encoding]:
+    """The run, its data on its device, and how the data was encoded; in this process's place
+    among torchrun's when the run is data-parallel."""
+    device = resolve(p.device, "params.yaml: train.device")
+    precision = for_training(p.precision, device, "params.yaml: train.precision")
+    # Read and checked before any relaunch, so a mistake is one line, not one per process.
+    encoding = read_encoding(ENCODING)
+    size, width = len(encoding.vocab), encoding.max_len
+    records = [read_encoded(ENCODED / f"{s}.npy", size, width) for s in ("train", "val")]
+    check_batches(len(records[0]), p, p.nproc_per_node, "train.nproc_per_node=")
+    if device.type == "cuda" and p.nproc_per_node > torch.cuda.device_count():
+        raise PipelineError(
+            f"params.yaml: train.nproc_per_node={p.nproc_per_node} but only "
+            f"{torch.cuda.device_count()} CUDA GPU(s) are visible"
+        )
+    if p.nproc_per_node > 1 and not distributed.launched_by_torchrun():
+        sys.exit(distributed.relaunch("stages.train", p.nproc_per_node))
+    group = distributed.init(device.type)
+    check_batches(len(records[0]), p, group.world_size, "torchrun's WORLD_SIZE=")
+    if device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)
+    prepare(device)
+    train, val = (Encoded.from_records(r, device) for r in records)
+    run = assemble(p, train, encoding, precision, group)
+    if group.is_main:
+        if run.precision.warning:
+            print(run.precision.warning, file=sys.stderr)
+        peak = f"; peak {run.peak / 1e9:.0f} GFLOP/s" if run.peak else ""
+        measured = " (a square matmul, measured now and after each epoch)"
+        print(
+            f"precision {run.precision.name} ({run.precision.why}); device {device} x "
+            f"{group.world_size}; gradient checkpointing "
+            f"{'on' if run.model.grad_checkpointing else 'off'} ({run.checkpointing})"
+            + peak
+            + (measured if peak and device.type == "cpu" else "")
+        )
+    return run, train, val, encoding
 
 
 def check_batches(reviews: int, p: params.Train, processes: int, setting: str) -> None:

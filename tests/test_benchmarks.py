@@ -100,8 +100,8 @@ def test_the_benchmarks_run_the_model_and_step_the_stage_runs(tmp_path, monkeypa
     train = Encoded.from_records(records, torch.device("cpu"))
     runs = {
         "benchmarks.run": benchmark.stage_run(benchmark.train_params(), train, encoding, "auto"),
-        "benchmarks.gpu": gpu_check.stage_run(
-            gpu_check.train_params(small=False), train, encoding, stage.precision
+        "benchmarks.gpu": gpu_check.assemble(
+            gpu_check.train_params(), train, encoding, stage.precision
         ),
     }
     expected = signature(stage)

@@ -368,7 +368,7 @@ def test_a_torchrun_with_more_processes_than_batches_is_one_line(tmp_path, monke
 
     root = workdir(tmp_path, "by-hand")
     monkeypatch.setattr(distributed, "launched_by_torchrun", lambda: True)
-    monkeypatch.setattr(distributed, "init", lambda device_type: distributed.Group(0, 0, 40, 40))
+    monkeypatch.setattr(distributed, "init", lambda device_type: distributed.Group(0, 0, 40))
     with (
         contextlib.chdir(root),
         pytest.raises(

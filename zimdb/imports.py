@@ -18,9 +18,13 @@ def project_files(module: str) -> list[Path]:
     start = Path(*module.split(".")).with_suffix(".py")
     found, todo = {start}, [start]
     while todo:
-        tree = ast.parse((ROOT / todo.pop()).read_text())
+        path = todo.pop()
+        tree = ast.parse((ROOT / path).read_text())
         for node in ast.walk(tree):
             names = []
+            if isinstance(node, ast.ImportFrom) and node.level:
+                # The scan resolves absolute names only: a relative import would go unlisted.
+                raise ValueError(f"{path}: a relative import; the scan reads absolute ones only")
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):

@@ -88,6 +88,8 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.2)
     a = torch.rand(size, size, device=device, generator=own).to(dtype)
     b = torch.rand(size, size, device=device, generator=own).to(dtype)
     a @ b  # warm-up: kernel selection and thread pool start
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     n, start = 0, time.perf_counter()
     while True:
         a @ b

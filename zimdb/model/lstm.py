@@ -85,9 +85,11 @@ class SentimentLSTM(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> Logits:
         """Logits for token ids [batch, time] with `lengths` (>= 1) real tokens per row: an empty
-        review is encoded as one PAD (zimdb.data.text.encode)."""
+        review is encoded as one PAD (zimdb.data.encoding)."""
         features = self.features(self.states(ids))
         last = features[torch.arange(len(ids), device=ids.device), lengths - 1]
+        # Dropout before the head on the verdict only, as every run in docs/experiments.md
+        # trained it; the loss at every position reads the features undropped.
         return Logits(self.head(self.dropout(last)).squeeze(-1), self.head(features).squeeze(-1))
 
     def states(self, ids: torch.Tensor) -> torch.Tensor:

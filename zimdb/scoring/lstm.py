@@ -31,6 +31,7 @@ class LSTMScorer:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "LSTMScorer":
+        prepare(torch.device(device))  # before the weights: they too come from the kept heap
         return cls.of(ModelFile.load(path, device))
 
     @classmethod

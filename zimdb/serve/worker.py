@@ -16,7 +16,7 @@ GATHER = MAX_TEXTS  # most reviews scored in one call to the model: one full req
 GATHER_WAIT = 0.002  # seconds a request arriving alone waits for others, if the last had company
 # Reviews per forward pass: a call sorts what it gathered by length and runs batches of this
 # size. On the project's 2-core CPU, 16 ran fastest (256 gathered reviews: 1171 reviews/s at
-# 16, 778 at 256, predict's default, which pads more); a GPU wants large batches.
+# 16, 778 at 256, which pads more); a GPU wants large batches.
 BATCH_SIZE = {"cpu": 16, "cuda": 256}
 
 _STOP = object()

@@ -18,7 +18,6 @@ class Group:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-    local_world_size: int = 1  # processes on this machine
 
     @property
     def is_main(self) -> bool:
@@ -53,7 +52,6 @@ def init(device_type: str, backend: str | None = None) -> Group:
         int(os.environ["RANK"]),
         int(os.environ["LOCAL_RANK"]),
         int(os.environ["WORLD_SIZE"]),
-        int(os.environ["LOCAL_WORLD_SIZE"]),
     )
     if device_type == "cuda":
         torch.cuda.set_device(group.local_rank)
@@ -97,6 +95,6 @@ def gather(group: Group, obj) -> list:
     return gathered
 
 
-def shutdown(group: Group) -> None:
+def shutdown() -> None:
     if dist.is_initialized():  # torchrun with one process starts a group too
         dist.destroy_process_group()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from zimdb.data.encoding import Encoding
 from zimdb.errors import PipelineError
 from zimdb.model.batches import Batch, Encoded, batch_indices
 from zimdb.model.device import free_memory, peak_flops
@@ -55,17 +56,19 @@ class Run:
 
 def assemble(
     p: Train,
-    vocab_size: int,
-    max_len: int,
-    reviews: int,
-    device: torch.device,
+    train: Encoded,
+    encoding: Encoding,
     precision: Precision,
     group: distributed.Group = distributed.ONE,
 ) -> Run:
-    """The run of train params `p` over `reviews` train reviews of at most `max_len` tokens."""
+    """The run of train params `p` over the `train` split, encoded by `encoding`, on the device
+    that holds it."""
+    device, reviews = train.ids.device, len(train)
     torch.manual_seed(p.seed)  # the same initial weights in every process
-    model = SentimentLSTM(ModelConfig.from_params(p, vocab_size)).to(device)
-    model.grad_checkpointing, checkpointing = checkpoint_or_not(p, model, max_len, precision)
+    model = SentimentLSTM(ModelConfig.from_params(p, len(encoding.vocab))).to(device)
+    model.grad_checkpointing, checkpointing = checkpoint_or_not(
+        p, model, encoding.max_len, precision
+    )
     precision = scale_if_half(model, precision)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, fused=True)
     batches = math.ceil(reviews / p.batch_size) // group.world_size  # this process's, an epoch
