@@ -296,6 +296,8 @@ def test_emulated_bf16_warns_once_on_stderr(tmp_path, monkeypatch):
         out = train_here(root)
     assert err.getvalue().count("bf16 is emulated, many times slower than fp32") == 1
     assert out.splitlines()[0].startswith(f"precision bf16 ({KEY} bf16)")
+    # No peak is read for it (an emulated matmul: seconds a reading), nor quoted.
+    assert "peak" not in out
 
 
 def test_cpu_peak_is_measured_in_the_run_precision_and_gpus_come_from_the_table(monkeypatch):

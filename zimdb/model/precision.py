@@ -28,6 +28,7 @@ class Precision:
     why: str  # for the log: the setting, and what decided it
     warning: str | None = None  # something the user should hear once, on stderr
     scaled: bool = False  # loss scaling: fp16's small gradients underflow (below 6e-8)
+    emulated: bool = False  # bf16 on a CPU without it: correct, slow, and no peak to quote
 
     @property
     def dtype(self) -> torch.dtype:
@@ -90,7 +91,9 @@ def for_training(setting: str, device: torch.device, key: str) -> Precision:
             f"warning: {key} is 'bf16' but this CPU has no AMX-BF16 or AVX512-BF16: bf16 is "
             "emulated, many times slower than fp32"
         )
-    return Precision(setting, device.type, f"{key} {setting}", warning, setting == "fp16")
+    return Precision(
+        setting, device.type, f"{key} {setting}", warning, setting == "fp16", warning is not None
+    )
 
 
 def for_scoring(trained: str, device: torch.device) -> Precision:

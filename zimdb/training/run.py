@@ -84,7 +84,9 @@ def assemble(
         grad_clip=p.grad_clip,
         position_weight=p.position_loss,
     )
-    peak = peak_flops(device, precision.dtype)  # before the first step: nothing else runs yet
+    # Before the first step: nothing else runs yet. Emulated bf16 has no peak worth quoting (its
+    # matmul reads 1 GFLOP/s on an AVX2-capped Xeon, 3.8 s a reading).
+    peak = None if precision.emulated else peak_flops(device, precision.dtype)
     torch.manual_seed(p.seed + group.rank)  # dropout: different in every process
     return Run(p, device, group, precision, model, stepper, checkpointing, peak)
 
