@@ -20,7 +20,7 @@ from zimdb.model.device import resolve
 from zimdb.paths import CLEAN, ENCODED, EVALUATE_LIVE, MODEL, PREDICTIONS
 from zimdb.scoring import evaluation
 from zimdb.scoring.lstm import LSTMScorer
-from zimdb.scoring.verdict import CLASSES, predicted
+from zimdb.scoring.verdict import predicted
 
 NAME = "LSTM"
 
@@ -62,7 +62,7 @@ def main() -> None:
             lambda texts: trained.probabilities(texts, p.batch_size),
             loss,
         )
-        live.log_sklearn_plot("confusion_matrix", CLASSES[y], CLASSES[pred])
+        live.log_plot("confusion_matrix", evaluation.confusion(y, pred), x="predicted", y="actual")
     write_table(pd.DataFrame({"label": y, "probability": prob, "prediction": pred}), PREDICTIONS)
     print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 

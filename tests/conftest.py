@@ -346,7 +346,7 @@ def encoded_records(
     return records
 
 
-TRAIN_PLOTS, EVALUATE_PLOTS = "dvclive/train/plots/metrics", "dvclive/evaluate/plots/sklearn"
+TRAIN_PLOTS = "dvclive/train/plots/metrics"
 # Charts that draw both models: the rows each model's stage logs (their `model` field says which).
 LSTM_CUSTOM, BASELINE_CUSTOM = "dvclive/evaluate/plots/custom", "dvclive/baseline/plots/custom"
 # Every chart of `dvc plots show` / `dvc plots diff`: id, title, x and y fields, the files drawn.
@@ -380,7 +380,7 @@ PLOTS = {
         "Confusion matrix (test, threshold 0.5)",
         "predicted",
         "actual",
-        [f"{EVALUATE_PLOTS}/confusion_matrix.json"],
+        [f"{LSTM_CUSTOM}/confusion_matrix.json"],
     ),
 }
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import EVALUATE_PLOTS, PLOTS, SMALL, TRAIN_PLOTS, dvc, run, write_params
+from tests.conftest import LSTM_CUSTOM, PLOTS, SMALL, TRAIN_PLOTS, dvc, run, write_params
 from zimdb import errors
 from zimdb import predict as predict_command
 
@@ -102,10 +102,19 @@ def test_plots_show_draws_each_chart_once_from_its_files(built):
     assert text["encoding"]["text"] == {"field": "label", "type": "nominal"}
     (label,) = [t["calculate"] for t in matrix["transform"] if t.get("as") == "label"]
     assert label.startswith("format(datum.count, 'd')")
-    classes = {"negative", "positive"}
-    assert {
-        row["actual"] for row in file_rows(root / EVALUATE_PLOTS / "confusion_matrix.json")
-    } == classes
+    # Its file holds the four counts, which add up to the test split.
+    cells = file_rows(root / LSTM_CUSTOM / "confusion_matrix.json")
+    classes = ["negative", "positive"]
+    assert [(c["actual"], c["predicted"]) for c in cells] == [
+        (a, p) for a in classes for p in classes
+    ]
+    predictions = pd.read_parquet(root / "data/predictions/test.parquet")
+    assert sum(c["reviews"] for c in cells) == len(predictions)
+    assert [c["reviews"] for c in cells] == [
+        int(((predictions.label == a) & (predictions.prediction == p)).sum())
+        for a in range(2)
+        for p in range(2)
+    ]
 
 
 class Resources(HTMLParser):
