@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 site=$(mktemp -d)
-"$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl
+trap 'rm -rf "$site"' EXIT
+# A wheel is a zip archive to unpack onto the path: no pip needed (a venv may have none).
+shopt -s nullglob  # no .whl/ (an environment that has pydantic): nothing to unpack
+for wheel in .whl/*.whl; do "$PYTHON" -m zipfile -e "$wheel" "$site"; done
 export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
-exec "$PYTHON" -m benchmarks.gpu "$@"
+"$PYTHON" -m benchmarks.gpu "$@"
