@@ -9,6 +9,7 @@ at these sizes costs little.
 import contextlib
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -276,6 +277,8 @@ def test_the_train_log_starts_with_the_precision_and_why(tmp_path):
     assert torch.tensor([1e-39]).mul(1.0).item() == 0.0  # the stage flushed denormals
     # Utilisation against a matmul measured now and after each epoch, in the run's precision.
     assert "GFLOP/s (a square matmul, measured now and after each epoch)" in first
+    # Whether checkpointing is on, and why: auto's estimate against the free memory.
+    assert re.search(r"gradient checkpointing off \(auto: a batch's activations [\d,]+ MiB", first)
     assert ModelFile.load(root / "data/model.pt").precision == chosen.name
 
 
