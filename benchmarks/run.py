@@ -39,7 +39,7 @@ from zimdb.model.file import ModelFile
 from zimdb.model.inference import logits
 from zimdb.model.precision import for_training, native_bf16
 from zimdb.params import Train
-from zimdb.paths import ENCODED, ENCODING, MODEL
+from zimdb.paths import CLEAN, ENCODED, ENCODING, MODEL, RAW
 from zimdb.training.run import Run, assemble, train_windows, windows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,7 +300,7 @@ def predict_speed(work: Path, precision: str) -> tuple[float, float] | None:
     start = time.perf_counter()
     subprocess.run([*cmd, "A wonderful film."], cwd=ROOT, check=True, capture_output=True)
     first = time.perf_counter() - start
-    reviews = pd.read_parquet(work / "data/raw/test.parquet")[["text"]]
+    reviews = pd.read_parquet(work / RAW / "test.parquet")[["text"]]
     reviews.to_parquet(work / "reviews.parquet")
     start = time.perf_counter()
     subprocess.run(
@@ -353,7 +353,7 @@ def main() -> None:
         train, encoding = load_split(encoded, "train", device)
         test, _ = load_split(encoded, "test", device)
         vocab = encoding.vocab
-        raw = pd.read_parquet(work / "data/clean/train.parquet")  # same reviews, original loader
+        raw = pd.read_parquet(work / CLEAN / "train.parquet")  # same reviews, original loader
         word_to_id = {w: i for i, w in enumerate(vocab[:ORIGINAL_VOCAB])}
         original = OriginalDataset(raw.text.tolist(), raw.label.tolist(), word_to_id, 250)
         shuffled = DataLoader(original, batch_size=BATCH, shuffle=True)

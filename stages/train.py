@@ -33,8 +33,8 @@ def main() -> None:
     p = params.load("train")
     run, train, val, encoding = start(p)
     group = run.group
-    # The code too: a state an older model, loop or state layout saved may not fit, or mean the
-    # same.
+    # The code that shapes training is an input too: a state saved by another model, loop or
+    # state layout may not fit, or may not mean the same.
     inputs = [ENCODING, *(ENCODED / f"{s}.npy" for s in ("train", "val"))]
     inputs += [ROOT / f for f in project_files("stages.train")]
     state = TrainState(

@@ -95,7 +95,8 @@ def checkpoint_or_not(
     p: Train, model: SentimentLSTM, max_len: int, precision: Precision
 ) -> tuple[bool, str]:
     """train.grad_checkpointing: true or false as set; auto: on where a full batch's activations
-    would take a real share of the device's free memory (never so far: 130 MiB at the defaults)."""
+    would take a real share of the device's free memory (never so far: at the defaults 289 MiB in
+    fp32 and 194 MiB in bf16, about 1% of a 24 GiB machine's)."""
     if p.grad_checkpointing != "auto":
         return p.grad_checkpointing, f"train.grad_checkpointing {str(p.grad_checkpointing).lower()}"
     need = activation_bytes(model, p.batch_size, max_len, precision)
