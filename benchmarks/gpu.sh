@@ -11,6 +11,5 @@ trap 'rm -rf "$site"' EXIT
 # A wheel is a zip archive to unpack onto the path: no pip needed (a venv may have none).
 shopt -s nullglob  # no .whl/ (an environment that has pydantic): nothing to unpack
 for wheel in .whl/*.whl; do "$PYTHON" -m zipfile -e "$wheel" "$site"; done
-# No progress bars: the device tool returns only the last 12,000 characters of the output.
-export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
 "$PYTHON" -m benchmarks.gpu "$@"

@@ -181,7 +181,10 @@ def train_windows(run: Run, windows: list[Window], number: int) -> torch.Tensor:
     correct = torch.zeros((), device=device, dtype=torch.long)
     first_bad = torch.zeros((), device=device, dtype=torch.long)  # 0: every step finite so far
     desc = f"epoch {number}/{run.p.epochs}"
-    bar = tqdm(windows, desc=desc, unit="step", disable=not run.group.is_main, file=sys.stderr)
+    # On a terminal only (tqdm's None): in a log, a queued experiment's or the GPU check's, its
+    # frames would be thousands of lines (the device tool returns only the last 12,000 characters).
+    hidden = None if run.group.is_main else True
+    bar = tqdm(windows, desc=desc, unit="step", disable=hidden, file=sys.stderr)
     for step, window in enumerate(bar, 1):
         window_loss, window_correct = stepper.step(window.batches)
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(window_loss), step, first_bad)
