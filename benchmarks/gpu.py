@@ -95,6 +95,11 @@ class Check:
         return ok
 
 
+def named(device: str) -> torch.device:
+    """--device as the run's tensors name it: CUDA with its index (DDP's device_ids need one)."""
+    return torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
+
+
 def sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -275,7 +280,7 @@ def ddp(args, check: Check) -> None:
 
 def ddp_worker(args) -> None:
     """One of two processes: an epoch of the stage's loop on its half of the batches."""
-    device = torch.device(args.device, 0) if args.device == "cuda" else torch.device("cpu")
+    device = named(args.device)
     group = distributed.init("cpu", backend="gloo")  # gloo, both on the one device
     prepare(device)
     p = train_params(**(SMALL if args.small else {}))
@@ -314,7 +319,7 @@ def main() -> None:
         sys.exit("error: no CUDA GPU is visible; --device cpu runs the same code on the CPU")
     if args.ddp_worker:
         return ddp_worker(args)
-    device = torch.device(args.device, 0) if args.device == "cuda" else torch.device("cpu")
+    device = named(args.device)
     prepare(device)
     if device.type == "cuda":
         name = f"{torch.cuda.get_device_name(device)}, cuDNN {torch.backends.cudnn.version()}"

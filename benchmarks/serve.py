@@ -28,7 +28,7 @@ import torch
 from zimdb.data import text
 from zimdb.errors import run
 from zimdb.paths import MODEL, RAW
-from zimdb.predict import read_texts
+from zimdb.predict import BATCH_SIZE, read_texts
 from zimdb.scoring.lstm import LSTMScorer
 
 HEADERS = {"Content-Type": "application/json"}
@@ -113,7 +113,7 @@ def served(
 
 
 def offline(
-    trained: LSTMScorer, reviews: list[str], batch_size: int = 128
+    trained: LSTMScorer, reviews: list[str], batch_size: int = BATCH_SIZE
 ) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
     probabilities = trained.probabilities(pd.Series(reviews, dtype=object), batch_size)
@@ -160,7 +160,7 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads); "
         f"server --batch-size {args.batch_size} --threads {args.threads or 'default'}"
     )
-    sizes = sorted({128, args.batch_size})  # predict's default, and the server's
+    sizes = sorted({BATCH_SIZE, args.batch_size})  # predict's default, and the server's
     readings = {size: [offline(trained, reviews, size)[0]] for size in sizes}
     reference = offline(trained, reviews)[1]
 

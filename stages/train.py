@@ -28,6 +28,8 @@ from zimdb.training import distributed
 from zimdb.training.run import Run, assemble, epoch
 from zimdb.training.state import TrainState, fingerprint
 
+TRAINED_ON = (ENCODED / "train.npy", ENCODED / "val.npy")  # what it reads besides ENCODING
+
 
 def main() -> None:
     p = params.load("train")
@@ -35,8 +37,7 @@ def main() -> None:
     group = run.group
     # The code that shapes training is an input too: a state saved by another model, loop or
     # state layout may not fit, or may not mean the same.
-    inputs = [ENCODING, *(ENCODED / f"{s}.npy" for s in ("train", "val"))]
-    inputs += [ROOT / f for f in project_files("stages.train")]
+    inputs = [ENCODING, *TRAINED_ON, *(ROOT / f for f in project_files("stages.train"))]
     state = TrainState(
         run.stepper,
         run.model,
@@ -73,7 +74,7 @@ def start(p: params.Train) -> tuple[Run, Encoded, Encoded, Encoding]:
     # Read and checked before any relaunch, so a mistake is one line, not one per process.
     encoding = read_encoding(ENCODING)
     size, width = len(encoding.vocab), encoding.max_len
-    records = [read_encoded(ENCODED / f"{s}.npy", size, width) for s in ("train", "val")]
+    records = [read_encoded(path, size, width) for path in TRAINED_ON]
     check_batches(len(records[0]), p, p.nproc_per_node, "train.nproc_per_node=")
     if device.type == "cuda" and p.nproc_per_node > torch.cuda.device_count():
         raise PipelineError(

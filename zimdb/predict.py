@@ -26,6 +26,7 @@ from zimdb.scoring.scorer import Scorer
 from zimdb.scoring.verdict import labels
 
 CHUNK = 8192  # reviews cleaned and encoded at a time: bounded memory for any file size
+BATCH_SIZE = 128  # reviews per forward pass (--batch-size)
 WRITERS = {
     ".csv": lambda df, to: df.to_csv(to, index=False, float_format="%.6f"),
     ".parquet": lambda df, to: df.to_parquet(to, index=False),
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         default=MODEL,
         help=f"model.pt, or the baseline's .skops (default {MODEL})",
     )
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
     if bool(args.texts) == bool(args.file):

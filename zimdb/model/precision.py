@@ -80,8 +80,9 @@ def for_training(setting: str, device: torch.device, key: str) -> Precision:
             f"{key} is 'fp16', which trains on CUDA GPUs only (oneDNN's LSTM has no fp16 on a "
             "CPU); use 'auto', 'bf16' or 'fp32'"
         )
+    emulated = setting == "bf16" and not native_bf16(device)
     warning = None
-    if setting == "bf16" and not native_bf16(device):
+    if emulated:
         if cuda:
             raise PipelineError(
                 f"{key} is 'bf16' but {torch.cuda.get_device_name(device)} has no bf16 (it "
@@ -91,9 +92,7 @@ def for_training(setting: str, device: torch.device, key: str) -> Precision:
             f"warning: {key} is 'bf16' but this CPU has no AMX-BF16 or AVX512-BF16: bf16 is "
             "emulated, many times slower than fp32"
         )
-    return Precision(
-        setting, device.type, f"{key} {setting}", warning, setting == "fp16", warning is not None
-    )
+    return Precision(setting, device.type, f"{key} {setting}", warning, setting == "fp16", emulated)
 
 
 def for_scoring(trained: str, device: torch.device) -> Precision:
