@@ -33,7 +33,7 @@ def main() -> None:
         scores = evaluation.log(
             live, NAME, test.text, test.label.to_numpy(), prob, model.probabilities
         )
-        live.log_metric("val/accuracy", val_acc, plot=False)
+        live.log_metric("val_acc", val_acc, plot=False)  # a column with the LSTM's (train's)
     model.save(BASELINE)
     print(
         f"val: accuracy {val_acc:.4f}; test: "

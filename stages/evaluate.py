@@ -1,9 +1,8 @@
 """Stage evaluate: the trained model on the test split.
 
-Writes dvclive/evaluate/metrics.json (loss, accuracy, precision, recall, f1, roc_auc, and
-accuracy by review length), the ROC curve, accuracy by length and the confusion matrix (classes
-by name) under dvclive/evaluate/plots, and every test review's probability to
-data/predictions/test.parquet.
+Writes dvclive/evaluate/metrics.json (loss, accuracy, f1, roc_auc), the ROC curve, accuracy by
+review length and the confusion matrix (classes by name) under dvclive/evaluate/plots, and every
+test review's probability to data/predictions/test.parquet.
 """
 
 import numpy as np

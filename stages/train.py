@@ -58,7 +58,8 @@ def main() -> None:
         state.save(group)
 
     if group.is_main:
-        live.summary["best/epoch"], live.summary["best/val_acc"] = state.best_epoch, state.best_acc
+        # What `dvc metrics show` lists: the run's headline. Its epochs are the curves in plots/.
+        live.summary = {"step": live.summary["step"], **headline(state)}
         live.end()
         run.model.load_state_dict(state.best_weights)
         ModelFile(run.model, encoding, run.precision.name).save(MODEL)
@@ -113,6 +114,17 @@ def check_batches(reviews: int, p: params.Train, processes: int, setting: str) -
             f"params.yaml: {reviews} train reviews in batches of train.batch_size={p.batch_size} "
             f"are too few for {setting}{processes} processes"
         )
+
+
+def headline(state: TrainState) -> dict:
+    """The best epoch, its val accuracy, and the run's training speed over all its epochs."""
+    seconds = sum(e["epoch_time_s"] for e in state.history)
+    samples = sum(e["samples_per_s"] * e["epoch_time_s"] for e in state.history)
+    return {
+        "best_epoch": state.best_epoch,
+        "val_acc": state.best_acc,
+        "samples_per_s": samples / seconds,
+    }
 
 
 def log(live: Live, number: int, metrics: dict, epochs: int, quiet: bool = False) -> None:

@@ -98,25 +98,21 @@ def test_cuts_keep_the_first_or_last_k_words():
     assert by_length.cut(reviews, 2, "last").tolist() == ["d e", "x y", "", "one"]
 
 
-def test_length_rows_and_metrics_name_every_cut_and_group():
+def test_length_rows_name_every_cut_and_group():
     # The third review turns from bad to good: read from its start it is wrong, from its end right.
     reviews = pd.Series(["good " * 5, "bad " * 150, "bad " * 225 + "good " * 225, "bad bad"])
     reviews, labels = reviews.str.strip(), np.array([1, 0, 1, 0])
     score = lambda texts: texts.str.startswith("good").to_numpy(float)  # noqa: E731
     rows = by_length.rows("m", reviews, labels, score(reviews), score)
     assert len({tuple(sorted(row)) for row in rows}) == 1  # the same keys in every row
-    metrics = by_length.metrics(rows)
+    accuracy = {row["metric"]: row["accuracy"] for row in rows}
     for k in by_length.CUTS:
-        assert metrics[f"by_length/first_{k}"] == 0.75
-        assert metrics[f"by_length/last_{k}"] == 1.0
-    whole = {name: v for name, v in metrics.items() if "whole" in name}
+        assert accuracy[f"first_{k}"] == 0.75
+        assert accuracy[f"last_{k}"] == 1.0
+    whole = {name: v for name, v in accuracy.items() if "whole" in name}
     # 5 and 2 words, 150, 450: the 200-399 group is empty and left out.
-    assert whole == {
-        "by_length/whole_1-99": 1.0,
-        "by_length/whole_100-199": 1.0,
-        "by_length/whole_400+": 0.0,
-    }
-    assert len(metrics) == 2 * len(by_length.CUTS) + 3
+    assert whole == {"whole_1-99": 1.0, "whole_100-199": 1.0, "whole_400+": 0.0}
+    assert len(accuracy) == len(rows) == 2 * len(by_length.CUTS) + 3
     assert [r["words"] for r in rows if r["read"] == "whole reviews"] == [3, 150, 450]
 
 

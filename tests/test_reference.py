@@ -11,6 +11,9 @@ from tests.conftest import PLOTS, ROOT, dvc, make_project, run, stages
 
 # The reference ran on the Stanford archive, where params.yaml's default reads ModelScope.
 DATA_SOURCE = {"download.source", "download.archive"}
+# What `dvc metrics show` lists: each model's headline, and the train run's.
+HEADLINE = {"loss", "accuracy", "f1", "roc_auc"}
+TRAIN_HEADLINE = {"step", "best_epoch", "val_acc", "samples_per_s"}
 
 
 def lock() -> dict:
@@ -62,11 +65,28 @@ def test_a_fresh_copy_shows_the_reference_before_any_run(tmp_path):
     files = next(iter(shown.values()))["data"]
     for stage in ("train", "evaluate", "baseline"):
         assert f"dvclive/{stage}/metrics.json" in files, stage
-    assert {"accuracy", "roc_auc", "by_length"} <= set(
-        files["dvclive/evaluate/metrics.json"]["data"]
-    )
-    assert {"best/epoch", "best/val_acc"} <= set(files["dvclive/train/metrics.json"]["data"])
+    assert set(files["dvclive/evaluate/metrics.json"]["data"]) == HEADLINE
+    assert set(files["dvclive/baseline/metrics.json"]["data"]) == HEADLINE | {"val_acc"}
+    assert set(files["dvclive/train/metrics.json"]["data"]) == TRAIN_HEADLINE
     plots = json.loads(dvc("plots", "show", "--json", cwd=root).stdout)
     assert "errors" not in plots and list(plots["data"]) == list(PLOTS)
     for charts in plots["data"].values():
         assert all(chart["content"]["data"]["values"] for chart in charts)
+
+
+def test_metrics_show_fits_a_terminal_and_diff_lists_the_headline_alone(tmp_path):
+    root = make_project(tmp_path / "clone")
+    shown = dvc("metrics", "show", cwd=root).stdout.splitlines()
+    assert len(shown) == 4 and max(map(len, shown)) <= 120, shown
+    diff = json.loads(dvc("metrics", "diff", "--all", "--json", cwd=root).stdout)
+    assert {path: set(rows) for path, rows in diff.items()} == {
+        "dvclive/train/metrics.json": TRAIN_HEADLINE,
+        "dvclive/evaluate/metrics.json": HEADLINE,
+        "dvclive/baseline/metrics.json": HEADLINE | {"val_acc"},
+    }
+
+
+def test_the_record_keeps_accuracy_by_length_in_its_chart_s_file():
+    cuts = {f"{end}_{k}" for end in ("first", "last") for k in (10, 20, 40)}
+    for stage in ("evaluate", "baseline"):
+        assert cuts <= set(results.by_length(stage)), stage

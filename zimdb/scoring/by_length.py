@@ -2,8 +2,9 @@
 first or last k words, and on whole reviews grouped by how many words they have.
 
 Short texts are where the web page's users type, and where a model trained on whole reviews
-is weakest. Each model's stage logs these as metrics (by_length/last_10, ...) and as rows of
-one chart that compares the models (dvc.yaml's "Accuracy by length").
+is weakest. Each model's stage logs these as rows of one chart that compares the models
+(dvc.yaml's "Accuracy by length"); its file, plots/custom/by_length.json under the stage's
+dvclive folder, is their record (read by docs/results.py), each row named by its `metric`.
 """
 
 from collections.abc import Callable
@@ -42,8 +43,8 @@ def rows(
 ) -> list[dict]:
     """The chart's rows for `model`: its accuracy on every cut (scored now with `score`, which
     gives P(positive) of cleaned texts) and on every bucket of whole reviews (`probability`, its
-    scores of the whole reviews). `words` is k, or a bucket's median length; `metric` the name
-    metrics() logs it under."""
+    scores of the whole reviews). `words` is k, or a bucket's median length; `metric` names the
+    row (first_10, ..., whole_100-199, ...)."""
     words = text.split_words(cleaned)
     out = []
     for end in ("first", "last"):
@@ -84,7 +85,3 @@ def _row(model, read, words, what, metric, probability, labels) -> dict:
         "metric": metric,
     }
 
-
-def metrics(chart_rows: list[dict]) -> dict[str, float]:
-    """by_length/first_10, by_length/last_10, ..., by_length/whole_100-199, ... for dvclive."""
-    return {f"by_length/{row['metric']}": row["accuracy"] for row in chart_rows}
