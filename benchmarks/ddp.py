@@ -37,9 +37,9 @@ def worker(encoded: Path, steps: int) -> None:
     precision = for_training(p.precision, cpu, "params.yaml: train.precision")
     run = assemble(p, train, encoding, precision, group)
     mine = windows(run, train, np.random.default_rng(0))
-    train_windows(run, mine[:2], 1)  # warm-up: threads, oneDNN's kernels, gloo's buffers
+    train_windows(run, train, mine[:2], 1)  # warm-up: threads, oneDNN's kernels, gloo's buffers
     start = time.perf_counter()
-    counts = train_windows(run, mine[2 : 2 + steps // p.grad_accum_steps], 1)
+    counts = train_windows(run, train, mine[2 : 2 + steps // p.grad_accum_steps], 1)
     seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
     if group.enabled:
         torch.distributed.all_reduce(seconds, op=torch.distributed.ReduceOp.MAX)  # the slowest

@@ -38,7 +38,7 @@ import torch
 
 from benchmarks.run import train_params
 from zimdb import params
-from zimdb.data.artifacts import encoded_dtype, read_encoded
+from zimdb.data.artifacts import encoded_dtype, open_encoded
 from zimdb.data.encoding import Encoding, read_encoding
 from zimdb.model.batches import Encoded
 from zimdb.model.device import prepare
@@ -57,7 +57,7 @@ def load(folder: Path, reviews: int, small: bool, device) -> tuple[Encoded, Enco
     if (folder / ENCODING.name).exists() and not small:
         encoding = read_encoding(folder / ENCODING.name)
         size, width = len(encoding.vocab), encoding.max_len
-        train, val = (read_encoded(folder / f"{s}.npy", size, width) for s in ("train", "val"))
+        train, val = (open_encoded(folder / f"{s}.npy", size, width) for s in ("train", "val"))
         train = train[:reviews]
         print(f"data: {len(train):,} train and {len(val):,} val reviews of {folder}")
     else:
@@ -110,9 +110,9 @@ def weights(run: Run) -> torch.Tensor:
 
 
 def bf16_dtype(p, train, encoding, check: Check) -> None:
-    precision = for_training("bf16", train.ids.device, "bf16")
+    precision = for_training("bf16", train.device, "bf16")
     run = assemble(p, train, encoding, precision)
-    ids = train.ids[:2, :8]
+    ids = train.batch(np.arange(2))[0][:, :8]
     with torch.no_grad(), run.precision.autocast():
         dtype = run.model.states(ids).dtype
     scaled = run.precision.grad_scaler().is_enabled()
@@ -130,7 +130,7 @@ def epochs(p, train, val, encoding, names: list[str]) -> dict[str, float]:
     """Each precision's second epoch, as the train stage runs and logs it."""
     seconds = {}
     for name in names:
-        run = assemble(p, train, encoding, for_training(name, train.ids.device, name))
+        run = assemble(p, train, encoding, for_training(name, train.device, name))
         rng = np.random.default_rng(0)
         epoch(run, train, val, rng, 1)  # warm-up: cuDNN's or oneDNN's plans for every width
         metrics = epoch(run, train, val, rng, 2)
@@ -148,7 +148,7 @@ def epochs(p, train, val, encoding, names: list[str]) -> dict[str, float]:
 
 
 def no_host_sync(p, train, encoding, half, check: Check) -> None:
-    device = train.ids.device
+    device = train.device
     if device.type != "cuda":
         print("  not applicable on a CPU (nothing to wait for)")
         return
@@ -156,12 +156,12 @@ def no_host_sync(p, train, encoding, half, check: Check) -> None:
         run = assemble(p, train, encoding, for_training(name, device, name))
         mine = windows(run, train, np.random.default_rng(0))[:22]
         for window in mine[:2]:  # warm-up, outside the check
-            run.stepper.step(window.batches)
+            run.stepper.step(train.batches(window.rows))
         sync(device)
         torch.cuda.set_sync_debug_mode("error")
         try:
-            for window in mine[2:]:
-                run.stepper.step(window.batches)
+            for window in mine[2:]:  # the batches gathered and sent inside the check too
+                run.stepper.step(train.batches(window.rows))
             error = None
         except RuntimeError as e:
             error = str(e).strip().splitlines()[0]
@@ -175,7 +175,7 @@ def no_host_sync(p, train, encoding, half, check: Check) -> None:
 def scaler_skips(p, train, encoding, half, check: Check) -> None:
     run = assemble(p.model_copy(update={"grad_clip": 1.0}), train, encoding, half)
     scaler = run.stepper.scaler
-    window = windows(run, train, np.random.default_rng(0))[0].batches
+    window = train.batches(windows(run, train, np.random.default_rng(0))[0].rows)
     scale, before = scaler.get_scale(), weights(run)
     hook = run.model.head.weight.register_hook(lambda grad: grad * float("inf"))
     run.stepper.step(window)
@@ -210,7 +210,7 @@ def accumulation(p, train, encoding, precision, check: Check) -> None:
     ).item()
     # Half precision rounds at every op, and so does fp32 on a GPU where cuDNN computes it in
     # TF32 (torch's default there): 10 bits of mantissa either way.
-    tf32 = train.ids.device.type == "cuda" and torch.backends.cudnn.allow_tf32
+    tf32 = train.device.type == "cuda" and torch.backends.cudnn.allow_tf32
     bound = 1e-5 if precision.name == "fp32" and not tf32 else 3e-2
     check(
         "accumulation",
@@ -221,12 +221,12 @@ def accumulation(p, train, encoding, precision, check: Check) -> None:
 
 
 def checkpointing(p, train, encoding, half) -> None:
-    device = train.ids.device
+    device = train.device
     run = assemble(p, train, encoding, half)
     print(
         f"  train.grad_checkpointing {p.grad_checkpointing} here: {'on' if run.model.grad_checkpointing else 'off'} ({run.checkpointing})"
     )
-    longest = train.subset(np.argsort(train.lengths_np)[-8 * p.batch_size :])
+    longest = train.subset(np.argsort(train.lengths)[-8 * p.batch_size :])
     for on in (False, True):
         run = assemble(
             p.model_copy(update={"grad_checkpointing": on, "grad_accum_steps": 1}),
@@ -235,7 +235,7 @@ def checkpointing(p, train, encoding, half) -> None:
             half,
         )
         mine = windows(run, longest, np.random.default_rng(0))
-        run.stepper.step(mine[0].batches)  # warm-up
+        run.stepper.step(longest.batches(mine[0].rows))  # warm-up
         sync(device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -243,7 +243,7 @@ def checkpointing(p, train, encoding, half) -> None:
             resident = torch.cuda.memory_allocated(device)
         start = time.perf_counter()
         for window in mine:
-            run.stepper.step(window.batches)
+            run.stepper.step(longest.batches(window.rows))
         sync(device)
         ms = 1000 * (time.perf_counter() - start) / len(mine)
         memory = (
@@ -252,7 +252,7 @@ def checkpointing(p, train, encoding, half) -> None:
             if device.type == "cuda"
             else "memory: benchmarks.run (c) on a CPU"
         )
-        width = mine[0].batches[0][0].shape[1]
+        width = int(longest.lengths[mine[0].rows[0]].max())
         print(
             f"  checkpointing {'on ' if on else 'off'}: {ms:.1f} ms a step of {p.batch_size} x {width}; {memory}"
         )

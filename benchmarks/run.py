@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from zimdb import params
-from zimdb.data.artifacts import read_encoded
+from zimdb.data.artifacts import open_encoded
 from zimdb.data.encoding import Encoding, read_encoding
 from zimdb.model.batches import Encoded
 from zimdb.model.device import matmul_flops, prepare
@@ -137,7 +137,7 @@ def train_params(**overrides) -> Train:
 
 def stage_run(p: Train, train: Encoded, encoding: Encoding, precision: str) -> Run:
     """The train stage's run of params `p` on `train`, in `precision` (auto, fp32, bf16, ...)."""
-    return assemble(p, train, encoding, for_training(precision, train.ids.device, "precision"))
+    return assemble(p, train, encoding, for_training(precision, train.device, "precision"))
 
 
 def time_loop(run: Run, train: Encoded, steps: int) -> tuple[float, float]:
@@ -147,7 +147,7 @@ def time_loop(run: Run, train: Encoded, steps: int) -> tuple[float, float]:
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    _, _, samples, tokens = train_windows(run, mine, 1).tolist()
+    _, _, samples, tokens = train_windows(run, train, mine, 1).tolist()
     seconds = time.perf_counter() - start
     return samples / seconds, tokens / seconds
 
@@ -160,7 +160,7 @@ def lstm_kernel(run: Run, train: Encoded, steps: int) -> float:
     p, device, dtype = run.p, run.device, run.precision.dtype
     lstm = nn.LSTM(p.embedding_dim, p.hidden_dim, batch_first=True).to(device)
     mine = windows(run, train, np.random.default_rng(0))[: max(steps // p.grad_accum_steps, 1)]
-    widths = [ids.shape[1] for window in mine for ids, _, _ in window.batches]
+    widths = [int(train.lengths[idx].max()) for window in mine for idx in window.rows]
     inputs = [torch.randn(p.batch_size, w, p.embedding_dim, device=device) for w in widths]
     start = time.perf_counter()
     for x in inputs:
@@ -239,7 +239,7 @@ def peak_rss_mb(checkpointing: bool, encoded: Path, steps: int) -> tuple[float, 
         "[1]) / 1024; prepare(cpu); "
         f"p = train_params(grad_accum_steps=1, grad_checkpointing={checkpointing}); "
         f"t, w = load_split('{encoded}', 'train', cpu); "
-        "t = t.subset(np.argsort(t.lengths_np)[-8 * p.batch_size:]); "
+        "t = t.subset(np.argsort(t.lengths)[-8 * p.batch_size:]); "
         "run = stage_run(p, t, w, 'auto'); "
         "open('/proc/self/clear_refs', 'w').write('5'); print(mib('VmRSS')); "
         f"time_loop(run, t, {steps}); print(mib('VmHWM'))"
@@ -252,7 +252,7 @@ def load_split(encoded: Path | str, split: str, device) -> tuple[Encoded, Encodi
     """An encoded split of the folder `encoded` on `device`, and its Encoding."""
     encoding = read_encoding(Path(encoded) / ENCODING.name)
     size, width = len(encoding.vocab), encoding.max_len
-    records = read_encoded(Path(encoded) / f"{split}.npy", size, width)
+    records = open_encoded(Path(encoded) / f"{split}.npy", size, width)
     return Encoded.from_records(records, device), encoding
 
 
@@ -426,7 +426,7 @@ def main() -> None:
             run, (before, after) = stage_runs[name], peaks[name]
             achieved = 3 * run.model.flops_per_token() * rates[name][1]
             peak = max(before, after)
-            mean_width = round(train.lengths_np.mean())
+            mean_width = round(train.lengths.mean())
             shaped = lstm_shaped_matmul_flops(device, mean_width, p, run.precision.dtype)
             print(
                 f"  {name}: matmul {before / 1e9:.0f} / {after / 1e9:.0f} GFLOP/s before / "

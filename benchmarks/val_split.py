@@ -4,7 +4,7 @@
 A linear model (TF-IDF of the cleaned words, logistic regression) stands in for the LSTM: it
 trains in seconds and, unlike the LSTM, has no epoch or seed of its own to pick, so the val - test
 gap it prints is the split's alone. It reads the download stage's tables, cleaned by
-`zimdb.data.text.clean` and split by the clean stage's own `split()`, as the pipeline does. Also
+`zimdb.data.text.clean` and split by the clean stage's own `held_out()`, as the pipeline does. Also
 prints the same model on word bigrams, as a reference point for the test accuracy a linear model
 reaches here.
 """
@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 
 from benchmarks.run import ARCHIVE, data_stages
 from zimdb.data import text
-from zimdb.data.split import split
+from zimdb.data.split import held_out
 
 
 def accuracies(train: pd.DataFrame, others: list[pd.DataFrame], ngrams: int = 1) -> list[float]:
@@ -46,7 +46,8 @@ def main() -> None:
     for group_by in ("review", "movie"):
         gaps = []
         for seed in range(42, 42 + args.seeds):
-            train, val = split(raw, args.val_fraction, seed, group_by)
+            to_val = held_out(raw, args.val_fraction, seed, group_by)
+            train, val = raw[~to_val], raw[to_val]
             val_acc, test_acc = accuracies(train, [val, test])
             gaps.append(val_acc - test_acc)
             print(
@@ -56,7 +57,8 @@ def main() -> None:
             )
         print(f"{group_by:<9} mean val - test gap {sum(gaps) / len(gaps):+.4f}\n")
 
-    train, val = split(raw, args.val_fraction, 42, "review")
+    to_val = held_out(raw, args.val_fraction, 42, "review")
+    train, val = raw[~to_val], raw[to_val]
     val_acc, test_acc = accuracies(train, [val, test], ngrams=2)
     print(f"words and bigrams, seed 42, group_by review: val {val_acc:.4f}, test {test_acc:.4f}")
 

@@ -15,7 +15,7 @@ import torch
 from dvclive import Live
 
 from zimdb import errors, params
-from zimdb.data.artifacts import read_encoded
+from zimdb.data.artifacts import open_encoded
 from zimdb.data.encoding import Encoding, read_encoding
 from zimdb.errors import PipelineError
 from zimdb.imports import ROOT, project_files
@@ -75,7 +75,7 @@ def start(p: params.Train) -> tuple[Run, Encoded, Encoded, Encoding]:
     # Read and checked before any relaunch, so a mistake is one line, not one per process.
     encoding = read_encoding(ENCODING)
     size, width = len(encoding.vocab), encoding.max_len
-    records = [read_encoded(path, size, width) for path in TRAINED_ON]
+    records = [open_encoded(path, size, width) for path in TRAINED_ON]  # memory maps
     check_batches(len(records[0]), p, p.nproc_per_node, "train.nproc_per_node=")
     if device.type == "cuda" and p.nproc_per_node > torch.cuda.device_count():
         raise PipelineError(

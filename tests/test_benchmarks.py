@@ -14,7 +14,6 @@ from benchmarks import gpu as gpu_check
 from benchmarks import run as benchmark
 from stages import train as train_stage
 from tests.conftest import ROOT, encoded_records, git_init, python_env, write_params
-from zimdb.data.artifacts import write_encoded
 from zimdb.data.encoding import Encoding, write_encoding
 from zimdb.model.batches import Encoded
 from zimdb.paths import ENCODED, ENCODING
@@ -78,8 +77,9 @@ def test_the_benchmarks_run_the_model_and_step_the_stage_runs(tmp_path, monkeypa
     vocab = ["<pad>", "<unk>"] + [f"w{i}" for i in range(9998)]
     encoding = Encoding(vocab, 60, "tail")
     records = encoded_records(320, 60, len(vocab), min_len=5)
+    (tmp_path / ENCODED).mkdir(parents=True)
     for split in ("train", "val"):
-        write_encoded(records, tmp_path / ENCODED / f"{split}.npy")
+        np.save(tmp_path / ENCODED / f"{split}.npy", records)
     write_encoding(encoding, tmp_path / ENCODING)
     write_params(tmp_path, **{"train.device": "cpu"})  # params.yaml as it is, on the CPU
     git_init(tmp_path)

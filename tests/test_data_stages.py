@@ -1,23 +1,27 @@
 """download, clean, vocab and encode, each run as its main() in a temporary working folder."""
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from stages import clean, download, encode, vocab
 from tests.conftest import movie_of, write_archive, write_params
-from zimdb.data.artifacts import read_encoded, read_vocab
+from zimdb.data.artifacts import open_encoded, read_vocab
 from zimdb.data.encoding import Encoding, read_encoding
 from zimdb.errors import PipelineError
 from zimdb.paths import ENCODED, ENCODING
 
 
 def test_labels_map_ints_and_strings_and_refuse_others():
-    mapped = download.map_labels(pd.Series([0, 1, "pos", "neg", "POS", "negative"]), "src")
-    assert mapped.tolist() == [0, 1, 1, 0, 1, 0]
-    with pytest.raises(PipelineError, match=r"src: unknown label 'meh'"):
-        download.map_labels(pd.Series(["pos", "meh"]), "src")
-    with pytest.raises(PipelineError, match="unknown label 2"):
-        download.map_labels(pd.Series([0, 2]), "src")
+    labels = pa.array(["0", "1", "pos", "neg", "POS", "negative"])
+    every = pa.array([True] * 6)
+    assert download.IMDB.ids(labels, every, "src", 0).tolist() == [0, 1, 1, 0, 1, 0]
+    with pytest.raises(PipelineError, match=r"src: row 11 has the unknown label 'meh'; accepted"):
+        download.IMDB.ids(pa.array(["pos", "meh"]), pa.array([True, True]), "src", 10)
+    with pytest.raises(PipelineError, match="row 1 has the unknown label 2;"):
+        download.IMDB.ids(pa.array([0, 2]), pa.array([True, True]), "src", 0)
+    # A row left out (no text) is not asked for its label.
+    assert download.IMDB.ids(pa.array([0, 2]), pa.array([True, False]), "src", 0).tolist()[0] == 0
 
 
 def test_aclimdb_archive_to_raw_tables(workdir, capsys):
@@ -82,36 +86,6 @@ def test_limit_leaving_one_class_is_refused(workdir):
     )
     with pytest.raises(PipelineError, match="both classes are needed"):
         download.main()
-
-
-def test_modelscope_source_reads_a_local_dataset_through_msdataset_load(workdir, monkeypatch):
-    monkeypatch.setenv("MODELSCOPE_CACHE", str(workdir / "mscache"))
-    folder = workdir / "imdb_local"
-    folder.mkdir()
-    for split in ("train", "test"):
-        pd.DataFrame(
-            {
-                "text": ["Great <b>film</b>", "awful film", "loved it", "hated it"],
-                "label": [1, 0, 1, 0],
-            }
-        ).to_csv(folder / f"{split}.csv", index=False)
-    write_params(workdir, **{"download.source": "modelscope", "download.dataset": str(folder)})
-    download.main()
-    train = pd.read_parquet("data/raw/train.parquet")
-    assert train.text.tolist()[0] == "Great <b>film</b>" and train.label.tolist() == [1, 0, 1, 0]
-
-
-def test_modelscope_string_labels_are_mapped(workdir, monkeypatch):
-    monkeypatch.setenv("MODELSCOPE_CACHE", str(workdir / "mscache"))
-    folder = workdir / "imdb_str"
-    folder.mkdir()
-    for split in ("train", "test"):
-        pd.DataFrame({"text": ["good", "bad"], "label": ["pos", "neg"]}).to_csv(
-            folder / f"{split}.csv", index=False
-        )
-    write_params(workdir, **{"download.source": "modelscope", "download.dataset": str(folder)})
-    download.main()
-    assert pd.read_parquet("data/raw/test.parquet").label.tolist() == [1, 0]
 
 
 def test_shared_archive_has_the_full_dataset(workdir, shared_archive):
@@ -209,7 +183,7 @@ def test_encode_writes_byte_identical_arrays(workdir):
     (workdir / "data/vocab.txt").write_text("<pad>\n<unk>\ngood\nbad\n")
     write_params(workdir, **{"encode.max_len": 3})
     encode.main()
-    records = read_encoded("data/encoded/val.npy", vocab_size=4, max_len=3)
+    records = open_encoded("data/encoded/val.npy", vocab_size=4, max_len=3)
     assert records["ids"].tolist() == [[2, 1, 0], [3, 3, 3]]
     assert records["length"].tolist() == [2, 3] and records["label"].tolist() == [1, 0]
     # Beside the arrays, how they were made: what train and model.pt take.
@@ -313,11 +287,11 @@ def test_damaged_artifacts_name_the_stage_to_rerun(workdir):
     with pytest.raises(
         PipelineError, match=r"val.npy: not a readable .npy file.*dvc repro --force encode"
     ):
-        read_encoded(npy, vocab_size=20, max_len=8)
+        open_encoded(npy, vocab_size=20, max_len=8)
     with pytest.raises(PipelineError, match=r"out of range for its encoding.*--force encode"):
-        read_encoded(workdir / "data/encoded/test.npy", vocab_size=3, max_len=8)
+        open_encoded(workdir / "data/encoded/test.npy", vocab_size=3, max_len=8)
     with pytest.raises(PipelineError, match=r"out of range for its encoding.*--force encode"):
-        read_encoded(workdir / "data/encoded/test.npy", vocab_size=20, max_len=9)
+        open_encoded(workdir / "data/encoded/test.npy", vocab_size=20, max_len=9)
     (workdir / ENCODING).write_text('{"vocab": ["<pad>", "<unk>", "a"], "max_len": 0}')
     with pytest.raises(PipelineError, match=r"encoding.json: not an encoding.*--force encode"):
         read_encoding(ENCODING)

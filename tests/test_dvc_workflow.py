@@ -54,6 +54,8 @@ def changed_value(key: str, value):
         return next(c for c in typing.get_args(field.annotation) if c != value)
     if field.annotation is bool or value == "auto":  # bool | Literal["auto"] too
         return True if value == "auto" else not value
+    if isinstance(value, list):  # download.labels: the two classes swapped
+        return value[::-1]
     if field.annotation is str:
         return value + "-changed"
     if field.annotation is float and any(isinstance(m, annotated_types.Lt) for m in field.metadata):

@@ -40,11 +40,13 @@ def test_every_param_and_source_file_is_accounted_for():
     assert set(source_files()) - used == commands
 
 
-def test_data_deps_are_outs_of_earlier_stages():
+def test_data_deps_are_outs_of_earlier_stages_or_files_the_stage_s_params_name():
     produced = {}
     for name, stage in stages().items():
         for dep in stage["deps"]:
-            if not dep.endswith(".py"):
+            if dep.startswith("${"):  # the user's files, named in params.yaml: download.train
+                assert dep.removeprefix("${").removesuffix("}") in stage["params"], (name, dep)
+            elif not dep.endswith(".py"):
                 assert dep in produced, f"{name} reads {dep}, which no earlier stage writes"
         for out in stage.get("outs", []):
             produced[out if isinstance(out, str) else next(iter(out))] = name

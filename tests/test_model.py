@@ -242,7 +242,8 @@ def test_model_file_alone_scores_raw_text_with_its_own_vocab_and_max_len(tmp_pat
     encoded = trained.encode(pd.Series(["waa <b>WAB</b> nope wac wad", ""]))
     assert encoded.ids.tolist() == [[2, 3, 1], [0, 0, 0]]  # cut to 3, unknown -> 1, tags gone
     assert encoded.lengths.tolist() == [3, 1]  # the empty review: one PAD
-    direct = trained.file.model(encoded.ids, encoded.lengths).verdict
+    ids, lengths, _ = encoded.batch(np.arange(len(encoded)))
+    direct = trained.file.model(ids, lengths).verdict
     direct = torch.sigmoid(direct).detach().numpy()
     np.testing.assert_allclose(
         trained.probabilities(pd.Series(["waa wab nope wac wad", ""])), direct

@@ -37,9 +37,24 @@ def test_split_words_gives_no_word_for_an_empty_review():
     assert words.to_pylist() == ["a", "b", "c"] and counts.tolist() == [2, 0, 1]
 
 
+def table_dict(counts: text.WordCounts) -> dict[str, int]:
+    counted = counts.table()
+    return dict(zip(counted["word"].to_pylist(), counted["count"].to_pylist(), strict=True))
+
+
 def test_word_counts():
-    counts = text.word_counts(pd.Series(["a b a", "", "b a"]))
-    assert counts.to_dict() == {"a": 3, "b": 2}
+    counts = text.WordCounts().add(pd.Series(["a b a", "", "b a"]))
+    assert table_dict(counts) == {"a": 3, "b": 2}
+
+
+def test_word_counts_over_batches_sum_each_word_once():
+    batches = [pd.Series(["a b a", "c"]), pd.Series([""]), pd.Series(["b a", "d c"])]
+    counts = text.WordCounts()
+    counts.merged = 1  # sum the parts after almost every batch, as a large split does
+    for batch in batches:
+        counts.add(batch)
+    assert table_dict(counts) == {"a": 3, "b": 2, "c": 2, "d": 1}
+    assert table_dict(text.WordCounts()) == {}
 
 
 VOCAB = ["<pad>", "<unk>", "good", "bad", "film"]

@@ -12,7 +12,7 @@ from typing import Literal
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
 from zimdb.errors import PipelineError
@@ -26,10 +26,22 @@ class Section(BaseModel):
 
 
 class Download(Section):
-    source: Literal["modelscope", "aclimdb"]
+    source: Literal["modelscope", "aclimdb", "table"]
     dataset: str
     archive: str
+    train: str
+    test: str
+    labels: list[int | str] = Field(
+        min_length=2, max_length=2, description="two different labels, negative then positive"
+    )
     limit: int = Field(ge=0)
+
+    @field_validator("labels")
+    @classmethod
+    def _two_classes(cls, labels: list[int | str]) -> list[int | str]:
+        if len({str(label).lower() for label in labels}) < 2:
+            raise ValueError("the same label twice")
+        return labels
 
 
 class Split(Section):
@@ -77,9 +89,10 @@ class Evaluate(Section):
 class Baseline(Section):
     ngram_max: int = Field(ge=1)
     min_df: int = Field(ge=1)
-    max_features: int = Field(ge=1)
+    hash_bits: int = Field(ge=1, le=31)
     sublinear_tf: bool
-    C: float = Field(gt=0)
+    alpha: float = Field(gt=0)
+    epochs: int = Field(ge=1)
 
 
 class Params(Section):
@@ -94,6 +107,8 @@ class Params(Section):
 
 def describe(field: FieldInfo) -> str:
     """What a field accepts, in the words of the error messages."""
+    if field.description:
+        return field.description
     if typing.get_origin(field.annotation) in (typing.Union, types.UnionType):  # bool | Literal
         values = [
             repr(v) if typing.get_origin(kind) is Literal else str(v).lower()
@@ -148,9 +163,8 @@ def validate(params: typing.Any, source: Path = PARAMS_FILE) -> Params:
         field = known.model_fields[loc[1]]
         if error["type"] == "missing":
             raise PipelineError(f"{source}: missing key {key} ({describe(field)})") from None
-        raise PipelineError(
-            f"{source}: {key} must be {describe(field)}, got {error['input']!r}"
-        ) from None
+        given = params[loc[0]][loc[1]]  # the key's whole value, where a list's item failed
+        raise PipelineError(f"{source}: {key} must be {describe(field)}, got {given!r}") from None
 
 
 def load(section: str, path: Path = PARAMS_FILE) -> Section:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from zimdb.errors import PipelineError
 
@@ -44,29 +45,122 @@ def damaged(path: Path, stage: str, why: str) -> PipelineError:
     )
 
 
+ROWS = 16_384  # rows a stage reads, transforms and writes at a time: its memory, at any size
+
+
+class TableWriter:
+    """A Parquet file written a batch of rows at a time, to a path from atomic_path(); its
+    schema is the first batch's. Small batches are gathered into row groups of about ROWS."""
+
+    def __init__(self, path: Path):
+        self.path, self.writer, self.pending = path, None, []
+
+    def write(self, rows: pa.Table | pa.RecordBatch | pd.DataFrame) -> None:
+        if isinstance(rows, pd.DataFrame):
+            rows = pa.Table.from_pandas(rows, preserve_index=False)
+        if isinstance(rows, pa.RecordBatch):
+            rows = pa.Table.from_batches([rows])
+        # Arrow's own types alone: pandas' metadata of a source's columns would outlive them
+        # (a label column of names, once mapped to 0/1, would be read back as strings).
+        self.pending.append(rows.replace_schema_metadata(None))
+        if sum(map(len, self.pending)) >= ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        rows = pa.concat_tables(self.pending)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, rows.schema)
+        self.writer.write_table(rows)
+        self.pending = []
+
+    def __enter__(self) -> "TableWriter":
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        if kind is None:
+            self.flush()
+        if self.writer is not None:
+            self.writer.close()
+
+
 def write_table(df: pd.DataFrame, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+    with atomic_path(path) as tmp, TableWriter(tmp) as out:
+        out.write(df)
 
 
-def read_table(path: str | Path, stage: str, columns: dict[str, str]) -> pd.DataFrame:
-    """A parquet table written by `stage`, checked to have `columns` of the given dtype kinds."""
+def parquet_file(path: Path) -> pq.ParquetFile:
+    """A Parquet file to read a batch of rows at a time in the memory of that batch. By default
+    Arrow reads each column chunk of a row group whole first, and pandas and pyarrow write up to
+    1,048,576 rows a group: a gigabyte of reviews."""
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+
+
+def _parquet(path: str | Path, stage: str, columns: dict[str, str]) -> pq.ParquetFile:
+    """A parquet table written by `stage`, opened and checked to have `columns` of the given
+    kinds: "str" (strings, none missing), "str?" (strings or missing, and the column may be
+    absent), or numpy dtype kinds such as "iu"."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path} not found: run `uv run dvc repro {stage}` first")
     try:
-        df = pd.read_parquet(path)
+        file = parquet_file(path)
     except (OSError, pa.ArrowException) as e:
         raise damaged(path, stage, f"not a readable parquet file ({e})") from None
+    schema = file.schema_arrow
     for name, kind in columns.items():
-        if name not in df.columns:
+        if name not in schema.names:
+            if kind == "str?":
+                continue
             raise damaged(path, stage, f"column {name!r} is missing")
-        if kind == "str":
-            if not df[name].map(type).eq(str).all():
-                raise damaged(path, stage, f"column {name!r} must hold strings")
-        elif df[name].dtype.kind not in kind:
-            raise damaged(path, stage, f"column {name!r} has dtype {df[name].dtype}")
-    return df
+        dtype = schema.field(name).type
+        strings = pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+        if (kind.startswith("str") and not strings) or (
+            not kind.startswith("str")
+            and (strings or np.dtype(dtype.to_pandas_dtype()).kind not in kind)
+        ):
+            raise damaged(path, stage, f"column {name!r} has type {dtype}")
+    return file
+
+
+def table_batches(
+    path: str | Path, stage: str, columns: dict[str, str], rows: int = ROWS
+) -> Iterator[pd.DataFrame]:
+    """`columns` of a parquet table written by `stage` (checked as _parquet checks them), a batch
+    of `rows` at a time."""
+    file = _parquet(path, stage, columns)
+    present = [name for name in columns if name in file.schema_arrow.names]
+    # One thread: each of Arrow's decoding threads keeps pages of its own (peaks 10 N rows on:
+    # +71 MB with threads, +44 MB without), and a stage's own work leaves none of them idle.
+    for batch in file.iter_batches(batch_size=rows, columns=present, use_threads=False):
+        for name in present:
+            if columns[name] != "str?" and batch.column(name).null_count:
+                raise damaged(Path(path), stage, f"column {name!r} has missing values")
+        yield batch.to_pandas()
+
+
+def read_columns(path: str | Path, stage: str, columns: dict[str, str]) -> pd.DataFrame:
+    """Whole `columns` of a parquet table written by `stage` (the small ones: labels, movies)."""
+    parts = list(table_batches(path, stage, columns))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(columns))
+
+
+def read_rows(path: str | Path, stage: str, column: str, rows: np.ndarray) -> pd.Series:
+    """The strings of `column` at the sorted positions `rows` of a table written by `stage`,
+    read a batch at a time; indexed by position."""
+    kept, start = [], 0
+    for batch in table_batches(path, stage, {column: "str"}):
+        inside = rows[(rows >= start) & (rows < start + len(batch))]
+        part = batch[column].iloc[inside - start]
+        part.index = inside
+        kept.append(part)
+        start += len(batch)
+    return pd.concat(kept) if kept else pd.Series([], dtype="str")
+
+
+def count_rows(path: str | Path, stage: str) -> int:
+    return _parquet(path, stage, {}).metadata.num_rows
 
 
 def write_vocab(words: list[str], path: str | Path) -> None:
@@ -89,34 +183,54 @@ def encoded_dtype(vocab_size: int, max_len: int) -> np.dtype:
     return np.dtype([("ids", ids, (max_len,)), ("length", np.int32), ("label", np.uint8)])
 
 
-def write_encoded(records: np.ndarray, path: str | Path) -> None:
-    """One split's encoded reviews as one .npy: no timestamps, so reruns are byte-identical."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, records, allow_pickle=False)
+class EncodedWriter:
+    """One split's encoded reviews as one .npy, written a batch of records at a time to a path
+    from atomic_path(): np.save's bytes (no timestamps, so reruns are byte-identical)."""
+
+    def __init__(self, path: Path, rows: int, dtype: np.dtype):
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by __exit__)
+        self.rows, self.written = rows, 0
+        header = np.lib.format.header_data_from_array_1_0(np.empty(0, dtype))
+        np.lib.format.write_array_header_1_0(self.file, header | {"shape": (rows,)})
+
+    def write(self, records: np.ndarray) -> None:
+        self.file.write(records.tobytes())
+        self.written += len(records)
+
+    def __enter__(self) -> "EncodedWriter":
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        self.file.close()
+        if kind is None and self.written != self.rows:
+            raise RuntimeError(f"{self.written} records written of the {self.rows} announced")
 
 
-def read_encoded(
+def open_encoded(
     path: str | Path, vocab_size: int, max_len: int, stage: str = "encode"
 ) -> np.ndarray:
-    """One split's encoded reviews, checked against the vocabulary and width they were made
-    with (zimdb.data.encoding)."""
+    """One split's encoded reviews as a read-only memory map, checked against the vocabulary and
+    width they were made with (zimdb.data.encoding): a split of any size costs no memory until
+    its rows are read, and then only the page cache's."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path} not found: run `uv run dvc repro {stage}` first")
     try:
-        records = np.load(path, allow_pickle=False)
+        records = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise damaged(path, stage, f"not a readable .npy file ({e})") from None
     names = records.dtype.names or ()
     if names != ("ids", "length", "label") or records.ndim != 1:
         raise damaged(path, stage, f"unexpected layout {records.dtype}")
-    bad = (
-        records.dtype["ids"].shape != (max_len,)
-        or (records["length"] < 1).any()
-        or (records["length"] > max_len).any()
-        or (records["label"] > 1).any()
-        or (len(records) and int(records["ids"].max()) >= vocab_size)
-    )
+    bad = records.dtype["ids"].shape != (max_len,)
+    for start in range(0, len(records), ROWS):  # a batch at a time: no copy of the whole split
+        part = records[start : start + ROWS]
+        bad = bad or (
+            (part["length"] < 1).any()
+            or (part["length"] > max_len).any()
+            or (part["label"] > 1).any()
+            or int(part["ids"].max()) >= vocab_size
+        )
     if bad:
         raise damaged(path, stage, "widths, lengths, labels or ids out of range for its encoding")
     return records

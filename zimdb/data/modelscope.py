@@ -1,5 +1,5 @@
 """MsDataset.load as the download stage's source: a ModelScope hub dataset (by default imdb,
-down its loading script) or a local folder, each split as a table of text and label."""
+down its loading script), each split as a table of text and label."""
 
 import contextlib
 import logging
@@ -7,7 +7,6 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import pandas as pd
 
@@ -105,8 +104,8 @@ def to_frame(loaded: object, dataset: str, split: str) -> pd.DataFrame:
 
 
 def is_local(dataset: str) -> bool:
-    """download.dataset names a local folder only when written as a path (./imdb, ../imdb,
-    /data/imdb, ~/imdb); anything else, such as imdb or owner/imdb, is a hub id."""
+    """download.dataset written as a path (./imdb, ../imdb, /data/imdb, ~/imdb), not a hub id
+    such as imdb or owner/imdb."""
     return dataset.startswith(("/", ".", "~"))
 
 
@@ -120,18 +119,17 @@ def in_empty_folder() -> Iterator[None]:
 
 def load(dataset: str) -> dict[str, pd.DataFrame]:
     if is_local(dataset):
-        if not Path(dataset).expanduser().exists():
-            raise PipelineError(f"download.dataset: {dataset} does not exist")
-        where = contextlib.nullcontext()
-    else:
-        check_hub_reachable()
-        where = in_empty_folder()
+        raise PipelineError(
+            f"download.dataset: {dataset} is a local path; your own files are read with "
+            "download.source table (download.train, download.test, download.labels)"
+        )
+    check_hub_reachable()
 
     import requests
     from modelscope.msdatasets import MsDataset  # slow to import, and only this source needs it
 
     frames = {}
-    with where:
+    with in_empty_folder():
         for split in SPLITS:
             try:
                 # The default, modelscope/imdb, is a loading script (imdb.py) published by
@@ -143,7 +141,7 @@ def load(dataset: str) -> dict[str, pd.DataFrame]:
                     f"could not reach the ModelScope hub to load {dataset!r} "
                     f"({short_reason(e)}); {OFFLINE_HINT}"
                 ) from None
-            except Exception as e:  # unknown id, refused script, bad local folder: one line each
+            except Exception as e:  # an unknown id, a refused script: one line each
                 raise PipelineError(
                     f"MsDataset.load({dataset!r}, split={split!r}) failed: "
                     f"{type(e).__name__}: {one_line(str(e))}; {OFFLINE_HINT}"

@@ -1,5 +1,6 @@
 """Carving a validation split out of train: stratified by label, or by whole movies."""
 
+import numpy as np
 import pandas as pd
 
 from zimdb.errors import PipelineError
@@ -24,20 +25,20 @@ def held_out_movies(train: pd.DataFrame, fraction: float, seed: int) -> pd.Index
     return train.index[train.movie.isin(taken)]
 
 
-def split(
-    train: pd.DataFrame, fraction: float, seed: int, group_by: str
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and val, the same for a seed: val holds `fraction` of each label's reviews (review),
-    or whole movies that together hold `fraction` of the reviews (movie)."""
+def held_out(train: pd.DataFrame, fraction: float, seed: int, group_by: str) -> np.ndarray:
+    """Which train rows go to val, the same for a seed: `fraction` of each label's reviews
+    (review), or whole movies that together hold `fraction` of the reviews (movie). `train`
+    needs only its label column, and movie to group by movie."""
     if group_by == "movie":
         val = train.loc[held_out_movies(train, fraction, seed)]
     else:
         val = train.groupby("label").sample(frac=fraction, random_state=seed)
-    rest = train.drop(val.index)
     for label, n in train.label.value_counts().sort_index().items():
         if not 0 < (val.label == label).sum() < n:
             raise PipelineError(
                 f"split.val_fraction={fraction}: cannot split the {n} train review(s) of label "
                 f"{label} into train and val; lower or raise it, or download more reviews"
             )
-    return rest, val
+    mask = np.zeros(len(train), dtype=bool)
+    mask[train.index.get_indexer(val.index)] = True
+    return mask

@@ -61,7 +61,10 @@ def clean(texts: pd.Series) -> pd.Series:
 
 
 def _split(cleaned: pd.Series) -> pa.ListArray:
-    return pc.ascii_split_whitespace(pa.array(cleaned, type=pa.string(), from_pandas=True))
+    texts = pa.array(cleaned, type=pa.string(), from_pandas=True)
+    if isinstance(texts, pa.ChunkedArray):  # a series of pandas' Arrow strings, concatenated
+        texts = texts.combine_chunks()
+    return pc.ascii_split_whitespace(texts)
 
 
 def split_words(cleaned: pd.Series) -> tuple[pa.Array, np.ndarray]:
@@ -77,12 +80,36 @@ def split_words(cleaned: pd.Series) -> tuple[pa.Array, np.ndarray]:
     return flat, np.bincount(parents, minlength=len(cleaned)).astype(np.int64)
 
 
-def word_counts(cleaned: pd.Series) -> pd.Series:
-    """How often each word occurs over all reviews, indexed by word."""
-    # Not through split_words: which review each word came from is not needed here, and working
-    # it out took a quarter to a half of this function's time.
-    counts = pc.value_counts(pc.list_flatten(_split(cleaned)))
-    counts = pd.Series(
-        counts.field("counts").to_numpy(), index=counts.field("values").to_pandas(), dtype=np.int64
-    )
-    return counts.drop("", errors="ignore")  # the "word" Arrow makes of an empty review
+class WordCounts:
+    """How often each word occurs over reviews given a batch at a time: the memory it keeps
+    grows with the distinct words, not the reviews."""
+
+    def __init__(self):
+        self.parts: list[pa.Table] = []
+        self.merged = 1 << 20  # rows past which the parts are summed into one
+
+    def add(self, cleaned: pd.Series) -> "WordCounts":
+        # Not through split_words: which review each word came from is not needed here, and
+        # working it out took a quarter to a half of the counting time.
+        counts = pc.value_counts(pc.list_flatten(_split(cleaned)))
+        self.parts.append(
+            pa.table({"word": counts.field("values"), "count": counts.field("counts")})
+        )
+        if sum(map(len, self.parts)) > 2 * self.merged:
+            self.merged = max(self.merged, len(self._merge()))
+        return self
+
+    def _merge(self) -> pa.Table:
+        if len(self.parts) > 1:
+            summed = pa.concat_tables(self.parts).group_by("word").aggregate([("count", "sum")])
+            self.parts = [pa.table({"word": summed["word"], "count": summed["count_sum"]})]
+        return (
+            self.parts[0]
+            if self.parts
+            else pa.table({"word": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
+        )
+
+    def table(self) -> pa.Table:
+        """Every word and its count (in no order)."""
+        counted = self._merge()
+        return counted.filter(pc.not_equal(counted["word"], ""))  # Arrow's word of an empty review

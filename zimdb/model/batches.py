@@ -1,8 +1,10 @@
-"""Encoded reviews held in memory on the device, and length-bucketed batches over them.
+"""Encoded reviews on the host, and length-bucketed batches of them sent to the device.
 
-Reviews of similar length share a batch, so each batch is cut to its own longest review
-instead of padding every row to max_len. The model reads each review's last real token, so
-the padding never changes a prediction, only the work spent on it.
+The ids stay where the encode stage wrote them, memory-mapped (any split size costs no memory
+until read); each batch gathers its rows, cut to its own longest review instead of padding every
+row to max_len. The model reads each review's last real token, so the padding never changes a
+prediction, only the work spent on it. On a GPU a batch goes through pinned memory with a
+non-blocking copy, so the host gathers the next while the GPU computes: no sync in a step.
 """
 
 from dataclasses import dataclass
@@ -16,47 +18,46 @@ BUCKET_BATCHES = 50  # batches sorted together: enough to group lengths, few eno
 
 @dataclass
 class Encoded:
-    ids: torch.Tensor  # [n, max_len] int64
-    lengths: torch.Tensor  # [n] int64
-    labels: torch.Tensor  # [n] float32
-    lengths_np: np.ndarray  # the same lengths on the host, to cut batches without a device sync
+    ids: np.ndarray  # [n, max_len] as stored (uint16 or int32): a memory map's view, or in memory
+    lengths: np.ndarray  # [n] int64, in memory: batches are ordered and cut by them
+    labels: np.ndarray  # [n] float32, in memory
+    device: torch.device  # where batches go
 
     @classmethod
     def from_records(cls, records: np.ndarray, device: torch.device) -> "Encoded":
-        """The encode stage's records (zimdb.data.artifacts.read_encoded) on `device`."""
+        """The encode stage's records (zimdb.data.artifacts.open_encoded) for `device`."""
         return cls.from_arrays(records["ids"], records["length"], records["label"], device)
 
     @classmethod
     def from_arrays(cls, ids, lengths, labels, device: torch.device) -> "Encoded":
-        lengths = np.asarray(lengths, dtype=np.int64)
         return cls(
-            ids=torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device),
-            lengths=torch.from_numpy(lengths).to(device),
-            labels=torch.from_numpy(np.asarray(labels, dtype=np.float32)).to(device),
-            lengths_np=lengths,
+            ids,
+            np.asarray(lengths, dtype=np.int64),
+            np.asarray(labels, dtype=np.float32),
+            torch.device(device),
         )
 
     def __len__(self) -> int:
-        return len(self.lengths_np)
+        return len(self.lengths)
 
     def subset(self, idx: np.ndarray) -> "Encoded":
-        rows = torch.from_numpy(idx).to(self.ids.device)
-        return Encoded(self.ids[rows], self.lengths[rows], self.labels[rows], self.lengths_np[idx])
+        """The rows `idx`, copied into memory."""
+        return Encoded(self.ids[idx], self.lengths[idx], self.labels[idx], self.device)
 
-    def batch(self, idx: np.ndarray, rows: torch.Tensor) -> Batch:
-        """ids cut to the batch's longest review, lengths, labels of the rows `idx` (`rows`: the
-        same indices on the device)."""
-        width = int(self.lengths_np[idx].max())
-        return self.ids[rows, :width], self.lengths[rows], self.labels[rows]
+    def batch(self, idx: np.ndarray) -> Batch:
+        """ids (int64) cut to the batch's longest review, lengths and labels of the rows `idx`,
+        on the device."""
+        width = int(self.lengths[idx].max())
+        host = (self.ids[idx, :width].astype(np.int64), self.lengths[idx], self.labels[idx])
+        tensors = [torch.from_numpy(a) for a in host]
+        if self.device.type == "cuda":
+            # Pinned: the copy runs while the host goes on; torch's pinned-memory cache reuses
+            # a block only once the copy that read it has finished.
+            return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
+        return tuple(tensors)
 
     def batches(self, order: list[np.ndarray]) -> list[Batch]:
-        """The batches of `order`, their indices sent to the device in one copy: a copy per
-        batch from pageable memory would make the host wait for the GPU every time."""
-        if not order:
-            return []
-        flat = torch.from_numpy(np.concatenate(order)).to(self.ids.device)
-        rows = flat.split([len(idx) for idx in order])
-        return [self.batch(idx, r) for idx, r in zip(order, rows, strict=True)]
+        return [self.batch(idx) for idx in order]
 
 
 def batch_indices(

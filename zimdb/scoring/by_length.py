@@ -2,7 +2,7 @@
 first or last k words, and on whole reviews grouped by how many words they have.
 
 Short texts are where the web page's users type, and where a model trained on whole reviews
-is weakest. Each model's stage logs these as rows of one chart that compares the models
+is weakest. It is measured on a fixed sample of at most SAMPLE test reviews. Each model's stage logs these as rows of one chart that compares the models
 (dvc.yaml's "Accuracy by length"); its file, plots/custom/by_length.json under the stage's
 dvclive folder, is their record (read by docs/results.py), each row named by its `metric`.
 """
@@ -19,8 +19,18 @@ from zimdb.data import text
 from zimdb.scoring.verdict import predicted
 
 CUTS = (10, 20, 40)  # words kept of each review: short texts, as people type on the page
+# Reviews it is measured on: a test split's, or as many of them drawn once, so that its cost
+# stops growing with the split (IMDB's test split is this size: all of it).
+SAMPLE = 25_000
 # Whole reviews by their number of words: [low, high); an LSTM reads the last max_len of them.
 BUCKETS = ((1, 100), (100, 200), (200, 400), (400, None))
+
+
+def sample(reviews: int) -> np.ndarray:
+    """The rows of a split of `reviews` it is measured on, in row order: the same every run."""
+    if reviews <= SAMPLE:
+        return np.arange(reviews)
+    return np.sort(np.random.default_rng(0).choice(reviews, SAMPLE, replace=False))
 
 
 def cut(cleaned: pd.Series, k: int, end: str, words=None) -> pd.Series:
@@ -84,4 +94,3 @@ def _row(model, read, words, what, metric, probability, labels) -> dict:
         "what": what,
         "metric": metric,
     }
-

@@ -57,17 +57,20 @@ def roc_curve(model: str, labels: np.ndarray, probability: np.ndarray) -> pd.Dat
 def log(
     live: Live,
     model: str,
-    cleaned: pd.Series,
     labels: np.ndarray,
     probability: np.ndarray,
+    sample: np.ndarray,
+    cleaned: pd.Series,
     score: Callable[[pd.Series], np.ndarray],
     loss: float | None = None,
 ) -> dict[str, float]:
     """`model`'s test metrics, ROC curve and accuracy by length into `live`; the metrics.
 
-    `probability` is its P(positive) of each whole cleaned review, `score` gives it for any
-    cleaned texts (the reviews cut short); `loss` as scores() takes it."""
-    chart = by_length.rows(model, cleaned, labels, probability, score)
+    `probability` is its P(positive) of each whole test review, `labels` their labels; accuracy
+    by length is measured on the rows `sample` (by_length.sample), whose cleaned texts are
+    `cleaned`, and `score` gives P(positive) of any cleaned texts (the reviews cut short);
+    `loss` as scores() takes it."""
+    chart = by_length.rows(model, cleaned, labels[sample], probability[sample], score)
     logged = scores(labels, probability, loss)
     for name, value in logged.items():
         live.log_metric(name, value, plot=False)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from zimdb.data.encoding import Encoding
 from zimdb.errors import PipelineError
-from zimdb.model.batches import Batch, Encoded, batch_indices
+from zimdb.model.batches import Encoded, batch_indices
 from zimdb.model.device import free_memory, peak_flops
 from zimdb.model.inference import logits
 from zimdb.model.lstm import ModelConfig, SentimentLSTM
@@ -37,7 +37,7 @@ CHECKPOINT_SHARE = 0.25
 
 
 class Window(NamedTuple):
-    batches: list[Batch]  # train.grad_accum_steps micro-batches (fewer at an epoch's end)
+    rows: list[np.ndarray]  # the rows of train.grad_accum_steps micro-batches (fewer at the end)
     samples: int  # reviews in them
     tokens: int  # cells of their ids, padding within a batch included: the work done
 
@@ -63,7 +63,7 @@ def assemble(
 ) -> Run:
     """The run of train params `p` over the `train` split, encoded by `encoding`, on the device
     that holds it."""
-    device, reviews = train.ids.device, len(train)
+    device, reviews = train.device, len(train)
     torch.manual_seed(p.seed)  # the same initial weights in every process
     model = SentimentLSTM(ModelConfig.from_params(p, len(encoding.vocab))).to(device)
     model.grad_checkpointing, checkpointing = checkpoint_or_not(
@@ -159,22 +159,21 @@ def scale_if_half(model: SentimentLSTM, precision: Precision) -> Precision:
 def windows(run: Run, train: Encoded, rng: np.random.Generator) -> list[Window]:
     """This process's share of an epoch in a random order of length-bucketed batches, in
     windows of train.grad_accum_steps micro-batches, with what each holds (counted on the host:
-    no device sync)."""
+    no device sync). Rows only: a window's batches are gathered when it is trained."""
     p, group = run.p, run.group
-    everyone = batch_indices(train.lengths_np, p.batch_size, rng, together=group.world_size)
+    everyone = batch_indices(train.lengths, p.batch_size, rng, together=group.world_size)
     mine = distributed.shard(everyone, group)
-    batches = train.batches(mine)
-    cells = [len(idx) * int(train.lengths_np[idx].max()) for idx in mine]
+    cells = [len(idx) * int(train.lengths[idx].max()) for idx in mine]
     step = p.grad_accum_steps
     return [
-        Window(batches[i : i + step], sum(map(len, mine[i : i + step])), sum(cells[i : i + step]))
+        Window(mine[i : i + step], sum(map(len, mine[i : i + step])), sum(cells[i : i + step]))
         for i in range(0, len(mine), step)
     ]
 
 
-def train_windows(run: Run, windows: list[Window], number: int) -> torch.Tensor:
-    """Trains on `windows`; [loss sum, correct, samples, tokens] on the run's device. A
-    non-finite loss is noted on the device and read at the next look, every LOG_EVERY steps."""
+def train_windows(run: Run, train: Encoded, windows: list[Window], number: int) -> torch.Tensor:
+    """Trains on `windows` of `train`; [loss sum, correct, samples, tokens] on the run's device.
+    A non-finite loss is noted on the device and read at the next look, every LOG_EVERY steps."""
     stepper, device = run.stepper, run.device
     stepper.model.train()
     loss_sum = torch.zeros((), device=device)
@@ -186,7 +185,7 @@ def train_windows(run: Run, windows: list[Window], number: int) -> torch.Tensor:
     hidden = None if run.group.is_main else True
     bar = tqdm(windows, desc=desc, unit="step", disable=hidden, file=sys.stderr)
     for step, window in enumerate(bar, 1):
-        window_loss, window_correct = stepper.step(window.batches)
+        window_loss, window_correct = stepper.step(train.batches(window.rows))
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(window_loss), step, first_bad)
         loss_sum += window_loss
         correct += window_correct
@@ -205,8 +204,8 @@ def train_windows(run: Run, windows: list[Window], number: int) -> torch.Tensor:
 def validate(run: Run, val: Encoded) -> torch.Tensor:
     """[loss sum, correct] over this process's share of `val`, on the run's device."""
     shard = np.arange(run.group.rank, len(val), run.group.world_size)
-    out = logits(run.model, val.subset(shard), 4 * run.p.batch_size, run.stepper.autocast)
-    labels = val.labels[torch.from_numpy(shard).to(val.labels.device)]
+    out = logits(run.model, val, 4 * run.p.batch_size, run.stepper.autocast, shard)
+    labels = torch.from_numpy(val.labels[shard]).to(out.device)
     loss_sum = F.binary_cross_entropy_with_logits(out, labels, reduction="sum")
     return torch.stack([loss_sum.double(), ((out > 0) == (labels > 0.5)).sum().double()])
 
@@ -215,7 +214,7 @@ def epoch(run: Run, train: Encoded, val: Encoded, rng: np.random.Generator, numb
     """One epoch's training and its val metrics, summed over all processes."""
     mine = windows(run, train, rng)
     start = time.perf_counter()
-    trained = train_windows(run, mine, number)
+    trained = train_windows(run, train, mine, number)
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

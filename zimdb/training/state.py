@@ -50,7 +50,8 @@ def fingerprint(p: Train, inputs: list[Path], world_size: int, device: str, prec
     settings = p.model_dump(exclude={"epochs"} if p.lr_schedule == "constant" else set())
     digest.update(json.dumps([settings, world_size, device, precision], sort_keys=True).encode())
     for path in inputs:
-        digest.update(path.read_bytes())
+        with open(path, "rb") as f:  # streamed: an encoded split can be larger than memory
+            digest.update(hashlib.file_digest(f, "sha256").digest())
     return digest.hexdigest()
 
 
