@@ -18,7 +18,7 @@ from zimdb.data.artifacts import count_rows, read_rows, table_batches
 from zimdb.errors import run
 from zimdb.paths import BASELINE, BASELINE_LIVE, CLEAN
 from zimdb.scoring import by_length, evaluation
-from zimdb.scoring.baseline import NAME, Baseline
+from zimdb.scoring.baseline import NAME, Baseline, hashing_pool
 from zimdb.scoring.verdict import predicted
 
 COLUMNS = {"text": "str", "label": "iu"}
@@ -36,22 +36,23 @@ def scored(model: Baseline, path: Path) -> tuple[np.ndarray, np.ndarray]:
 def main() -> None:
     p = params.load("baseline")
     train = CLEAN / "train.parquet"
-    model = Baseline.build(p).fit(
-        lambda: table_batches(train, "clean", COLUMNS),
-        count_rows(train, "clean"),
-        p,
-        BASELINE.parent,
-    )
-    val_labels, val_probability = scored(model, CLEAN / "val.parquet")
-    val_acc = float(accuracy_score(val_labels, predicted(val_probability)))
-    labels, probability = scored(model, CLEAN / "test.parquet")
-    sample = by_length.sample(len(labels))
-    cleaned = read_rows(CLEAN / "test.parquet", "clean", "text", sample)
-    with Live(str(BASELINE_LIVE), dvcyaml=None, save_dvc_exp=False) as live:
-        scores = evaluation.log(
-            live, NAME, labels, probability, sample, cleaned, model.probabilities
+    with hashing_pool() as pool:
+        model = Baseline.build(p, pool).fit(
+            lambda: table_batches(train, "clean", COLUMNS),
+            count_rows(train, "clean"),
+            p,
+            BASELINE.parent,
         )
-        live.log_metric("val_acc", val_acc, plot=False)  # a column with the LSTM's (train's)
+        val_labels, val_probability = scored(model, CLEAN / "val.parquet")
+        labels, probability = scored(model, CLEAN / "test.parquet")
+        sample = by_length.sample(len(labels))
+        cleaned = read_rows(CLEAN / "test.parquet", "clean", "text", sample)
+        with Live(str(BASELINE_LIVE), dvcyaml=None, save_dvc_exp=False) as live:
+            scores = evaluation.log(
+                live, NAME, labels, probability, sample, cleaned, model.probabilities
+            )
+            val_acc = float(accuracy_score(val_labels, predicted(val_probability)))
+            live.log_metric("val_acc", val_acc, plot=False)  # a column with the LSTM's (train's)
     model.save(BASELINE)
     print(
         f"val: accuracy {val_acc:.4f}; test: "
