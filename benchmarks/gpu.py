@@ -252,7 +252,7 @@ def checkpointing(p, train, encoding, half) -> None:
             if device.type == "cuda"
             else "memory: benchmarks.run (c) on a CPU"
         )
-        width = int(longest.lengths[mine[0].rows[0]].max())
+        width = longest.width(mine[0].rows[0])
         print(
             f"  checkpointing {'on ' if on else 'off'}: {ms:.1f} ms a step of {p.batch_size} x {width}; {memory}"
         )

@@ -160,7 +160,7 @@ def lstm_kernel(run: Run, train: Encoded, steps: int) -> float:
     p, device, dtype = run.p, run.device, run.precision.dtype
     lstm = nn.LSTM(p.embedding_dim, p.hidden_dim, batch_first=True).to(device)
     mine = windows(run, train, np.random.default_rng(0))[: max(steps // p.grad_accum_steps, 1)]
-    widths = [int(train.lengths[idx].max()) for window in mine for idx in window.rows]
+    widths = [train.width(idx) for window in mine for idx in window.rows]
     inputs = [torch.randn(p.batch_size, w, p.embedding_dim, device=device) for w in widths]
     start = time.perf_counter()
     for x in inputs:

@@ -163,7 +163,7 @@ def windows(run: Run, train: Encoded, rng: np.random.Generator) -> list[Window]:
     p, group = run.p, run.group
     everyone = batch_indices(train.lengths, p.batch_size, rng, together=group.world_size)
     mine = distributed.shard(everyone, group)
-    cells = [len(idx) * int(train.lengths[idx].max()) for idx in mine]
+    cells = [len(idx) * train.width(idx) for idx in mine]
     step = p.grad_accum_steps
     return [
         Window(mine[i : i + step], sum(map(len, mine[i : i + step])), sum(cells[i : i + step]))
