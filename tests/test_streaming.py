@@ -2,10 +2,11 @@
 reviews stays within BOUND of its peak on N, N being one batch of rows (ROWS), so that the
 larger corpus passes through in ten batches.
 
-The bound: Arrow's allocator (mimalloc) keeps freed pages to reuse them, and its peak levels off
-after about ten batches; measured on this corpus, download peaked at 234 MB on N, 310 MB on 10 N
-and 289 MB on 40 N. The stages as they were, holding each split whole, grew by 385 (vocab) to
-1,570 MB (encode) from N to 10 N.
+The bound: freed memory is kept for reuse by the allocators (Arrow's mimalloc, glibc's), whose
+peak levels off after about ten batches. Measured on this corpus, on a 2-core AMD EPYC: the
+stages grew by 31 (download) to 89 MB (encode) from N to 10 N, evaluate by 149 MB, 71 of them
+its mapped test split's; the stages as they were, each holding its splits whole, by 204 (vocab)
+to 1,081 MB (encode).
 
 evaluate maps the encoded test split into memory, whose pages the kernel counts in VmHWM too:
 its bound is BOUND plus the growth of that file. Training maps its splits the same way; its
@@ -29,11 +30,11 @@ CAP = 8 << 30  # address space a stage may take here: the machine is never at ri
 
 
 def reviews(n: int, seed: int) -> pd.DataFrame:
-    """`n` reviews of 60 to 160 words from 5,000 made-up ones, labelled 1 and 2."""
+    """`n` reviews of 30 to 80 words from 5,000 made-up ones, labelled 1 and 2."""
     rng = np.random.default_rng(seed)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
     vocab = np.array(["".join(rng.choice(letters, rng.integers(3, 10))) for _ in range(5000)])
-    lengths = rng.integers(60, 160, n)
+    lengths = rng.integers(30, 80, n)
     words = vocab[rng.zipf(1.3, lengths.sum()) % len(vocab)]
     texts = [" ".join(ws) for ws in np.split(words, np.cumsum(lengths)[:-1])]
     return pd.DataFrame({"text": texts, "label": rng.integers(1, 3, n)})
