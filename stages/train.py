@@ -26,7 +26,7 @@ from zimdb.model.precision import for_training
 from zimdb.paths import ENCODED, ENCODING, MODEL, TRAIN_LIVE
 from zimdb.training import distributed
 from zimdb.training.run import Run, assemble, epoch
-from zimdb.training.state import TrainState, fingerprint
+from zimdb.training.state import TrainState, fingerprint, identity
 
 TRAINED_ON = (ENCODED / "train.npy", ENCODED / "val.npy")  # what it reads besides ENCODING
 
@@ -34,37 +34,52 @@ TRAINED_ON = (ENCODED / "train.npy", ENCODED / "val.npy")  # what it reads besid
 def main() -> None:
     p = params.load("train")
     run, train, val, encoding = start(p)
-    group = run.group
-    # The code that shapes training is an input too: a state saved by another model, loop or
-    # state layout may not fit, or may not mean the same.
-    inputs = [ENCODING, *TRAINED_ON, *(ROOT / f for f in project_files("stages.train"))]
-    state = TrainState(
-        run.stepper,
-        run.model,
-        np.random.default_rng(p.seed),
-        fingerprint(p, inputs, group.world_size, run.device.type, run.precision.name),
-    )
-    state.restore(p.epochs, run.device, group)
-    live = None
-    if group.is_main:
-        live = Live(str(TRAIN_LIVE), dvcyaml=None, save_dvc_exp=False)
-        for number, logged in enumerate(state.history, 1):  # DVC cleared dvclive/train: replay
-            log(live, number, logged, p.epochs, quiet=True)
+    group, state, number = run.group, None, 0
+    try:
+        state = resumed(p, run)
+        live = None
+        if group.writes:  # on every node: its own copy of the curves
+            live = Live(str(TRAIN_LIVE), dvcyaml=None, save_dvc_exp=False)
+            for number, logged in enumerate(state.history, 1):  # DVC cleared them: replay
+                log(live, number, logged, p.epochs, quiet=True)
+        for number in range(state.epoch + 1, p.epochs + 1):
+            state.end_epoch(epoch(run, train, val, state.rng, number))
+            if group.writes:
+                log(live, number, state.history[-1], p.epochs, quiet=not group.is_main)
+            state.save(group)
+    except RuntimeError as e:  # another process lost: a line, and nothing for DVC
+        if not distributed.broke(e):
+            raise
+        raise distributed.lost(group, e, number, state.epoch if state else 0) from None
 
-    for number in range(state.epoch + 1, p.epochs + 1):
-        state.end_epoch(epoch(run, train, val, state.rng, number))
-        if group.is_main:
-            log(live, number, state.history[-1], p.epochs)
-        state.save(group)
-
-    if group.is_main:
+    if group.writes:
         # What `dvc metrics show` lists: the run's headline. Its epochs are the curves in plots/.
         live.summary = {"step": live.summary["step"], **headline(state)}
         live.end()
         run.model.load_state_dict(state.best_weights)
         ModelFile(run.model, encoding, run.precision.name).save(MODEL)
-        print(f"saved {MODEL}: epoch {state.best_epoch}, val accuracy {state.best_acc:.4f}")
+        if group.is_main:
+            print(f"saved {MODEL}: epoch {state.best_epoch}, val accuracy {state.best_acc:.4f}")
     distributed.shutdown()
+
+
+def resumed(p: params.Train, run: Run) -> TrainState:
+    """The run's state: continued from the saved one where that was made of the same (rank 0
+    decides), once every process has shown it runs the same params, code and data."""
+    # The code that shapes training is an input too: a state saved by another model, loop or
+    # state layout may not fit, or may not mean the same.
+    files = {str(f): f for f in (ENCODING, *TRAINED_ON)}
+    files |= {str(f): ROOT / f for f in project_files("stages.train")}
+    made_of = identity(p, files, run.device.type, run.precision.name)
+    distributed.agree(run.group, made_of)
+    state = TrainState(
+        run.stepper,
+        run.model,
+        np.random.default_rng(p.seed),
+        fingerprint(made_of, run.group.world_size),
+    )
+    state.restore(p.epochs, run.device, run.group)
+    return state
 
 
 def start(p: params.Train) -> tuple[Run, Encoded, Encoded, Encoding]:

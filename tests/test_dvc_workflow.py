@@ -251,3 +251,16 @@ def test_interrupted_train_leaves_nothing_dvc_would_use(clean_project):
     assert ran(result) == {"train", "evaluate"}
     assert f"resuming from {TRAIN_STATE}" in result.stdout
     assert "Data and pipelines are up to date." in dvc("status", cwd=root).stdout
+
+
+def test_a_run_started_by_hand_reaches_dvc_by_commit(clean_project):
+    """torchrun started by hand, as on several machines, is no `dvc repro`: `dvc commit -f train`
+    records its outputs, and `dvc repro` then scores them (evaluate alone)."""
+    root = clean_project
+    write_params(root, **(SMALL | {"train.epochs": 1}))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run([*torchrun, "-m", "stages.train"], root)
+    assert status(root) == {"train", "evaluate"}  # train's outputs and params are new to DVC
+    dvc("commit", "--force", "train", cwd=root)  # its params changed: DVC asks for --force
+    assert status(root) == {"evaluate"}
+    assert ran(dvc("repro", cwd=root)) == {"evaluate"}

@@ -339,15 +339,15 @@ def test_ddp_with_gloo_on_two_processes(tmp_path, monkeypatch, capfd):
 
 def test_state_from_another_device_or_precision_is_not_resumed(tmp_path):
     from zimdb.params import Train
-    from zimdb.training.state import fingerprint
+    from zimdb.training.state import fingerprint, identity
 
     root = workdir(tmp_path, "fp")
     p = Train(**yaml.safe_load((root / "params.yaml").read_text())["train"])
-    inputs = [root / ENCODING]
+    files = {str(ENCODING): root / ENCODING}
     precisions = ("fp32", "bf16", "fp16")
-    prints = {fingerprint(p, inputs, 1, d, x) for d in ("cpu", "cuda") for x in precisions}
-    assert len(prints) == 6
-    assert fingerprint(p, inputs, 1, "cpu", "fp32") != fingerprint(p, inputs, 2, "cpu", "fp32")
+    made = {(d, x): identity(p, files, d, x) for d in ("cpu", "cuda") for x in precisions}
+    assert len({fingerprint(m, 1) for m in made.values()}) == 6
+    assert fingerprint(made["cpu", "fp32"], 1) != fingerprint(made["cpu", "fp32"], 2)
 
 
 def test_too_few_batches_for_the_processes_is_one_line(tmp_path):
@@ -455,18 +455,19 @@ def test_the_resume_fingerprint_hashes_exactly_the_code_dvc_yaml_lists(tmp_path,
     from tests.conftest import stages
 
     root = workdir(tmp_path, "fp", **{"train.epochs": 1})
-    hashed = []
-    real = train_stage.fingerprint
+    hashed = {}
+    real = train_stage.identity
 
-    def recorded(p, inputs, *rest):
-        hashed.extend(inputs)
-        return real(p, inputs, *rest)
+    def recorded(p, files, *rest):
+        hashed.update(files)
+        return real(p, files, *rest)
 
-    monkeypatch.setattr(train_stage, "fingerprint", recorded)
+    monkeypatch.setattr(train_stage, "identity", recorded)
     train_here(root)
-    code = {str(path.relative_to(ROOT)) for path in hashed if path.suffix == ".py"}
+    code = {name for name, path in hashed.items() if path.suffix == ".py"}
     assert code == {d for d in stages()["train"]["deps"] if d.endswith(".py")}
-    assert {path for path in hashed if path.suffix != ".py"} == {
-        ENCODING,
-        *(ENCODING.parent / f"{s}.npy" for s in ("train", "val")),
+    assert all(path == ROOT / name for name, path in hashed.items() if path.suffix == ".py")
+    assert {name for name, path in hashed.items() if path.suffix != ".py"} == {
+        str(ENCODING),
+        *(str(ENCODING.parent / f"{s}.npy") for s in ("train", "val")),
     }

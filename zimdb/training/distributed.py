@@ -5,12 +5,23 @@ for several machines, start torchrun yourself (see the README) and the stage joi
 """
 
 import os
+import secrets
+import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from zimdb.errors import PipelineError, one_line
+
+# How long a collective waits for a process that sends nothing (a stopped process, a machine
+# gone) before it fails: torch's default is 30 minutes. Every wait between collectives in a
+# run (rank 0 saving the state, a first step's kernels) is seconds.
+TIMEOUT = timedelta(seconds=float(os.environ.get("ZIMDB_GROUP_TIMEOUT", 60)))
 
 
 @dataclass(frozen=True)
@@ -18,10 +29,18 @@ class Group:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    token: str = ""  # this group's own, drawn by rank 0: its keys in torchrun's store
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes its node's files: the resumable state, the model and
+        the curves. Each node's first does (the replicas are identical), so a restarted group
+        whose rank 0 lands on another node finds them there, and any node can `dvc commit`."""
+        return self.local_rank == 0
 
     @property
     def enabled(self) -> bool:
@@ -36,10 +55,13 @@ def launched_by_torchrun() -> bool:
 
 
 def relaunch(module: str, nproc: int) -> int:
-    """Run `python -m module` as `nproc` processes under torchrun; returns its exit code."""
+    """Run `python -m module` as `nproc` processes under torchrun; returns its exit code.
+    torchrun restarts the group after a lost process up to PET_MAX_RESTARTS times (its
+    --max-restarts, read from the environment; 0 unless set), neither a param nor in the lock."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     cmd += [f"--nproc_per_node={nproc}", "-m", module]
-    print(f"launching {nproc} processes: {' '.join(cmd[1:])}", flush=True)
+    restarts = os.environ.get("PET_MAX_RESTARTS", "0")
+    print(f"launching {nproc} processes, {restarts} restart(s): {' '.join(cmd[1:])}", flush=True)
     return subprocess.call(cmd)
 
 
@@ -55,8 +77,138 @@ def init(device_type: str, backend: str | None = None) -> Group:
     )
     if device_type == "cuda":
         torch.cuda.set_device(group.local_rank)
-    dist.init_process_group(backend=backend or ("nccl" if device_type == "cuda" else "gloo"))
-    return group
+    store, token = attempt_store(group)
+    dist.init_process_group(
+        backend=backend or ("nccl" if device_type == "cuda" else "gloo"),
+        store=store,
+        rank=group.rank,
+        world_size=group.world_size,
+        timeout=TIMEOUT,
+    )
+    return replace(group, token=token)
+
+
+def attempt_store(group: Group) -> tuple[dist.Store, str]:
+    """A store of this attempt's own for the group, and the token that names the attempt.
+
+    torchrun's agent keeps one store for the whole run (MASTER_ADDR:MASTER_PORT): after a
+    restart, the keys of the group it lost are still there, and a restarted process could
+    read a dead process's address and fail to connect (gloo: `Connection refused`) or meet
+    another's old counts and hang. Rank 0 serves a new store on a free port and posts where,
+    with a fresh token, in the agent's; the others connect to the store the post names, and
+    take it only once it holds the same token (a post left by the lost group names a store
+    that is gone)."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = dist.TCPStore(host, port, is_master=False, timeout=TIMEOUT)
+    if group.rank == 0:
+        token = secrets.token_hex(8)
+        own = dist.TCPStore(
+            host, 0, group.world_size, is_master=True, timeout=TIMEOUT, wait_for_workers=False
+        )
+        own.set("zimdb/token", token)
+        agent.set("zimdb/store", f"{own.port} {token}")
+        return own, token
+    deadline = time.monotonic() + TIMEOUT.total_seconds()
+    while True:
+        posted_port, token = agent.get("zimdb/store").decode().split()
+        try:
+            own = dist.TCPStore(
+                host, int(posted_port), is_master=False, timeout=timedelta(seconds=5)
+            )
+            if own.get("zimdb/token").decode() == token:
+                return own, token
+        except (RuntimeError, dist.DistError):
+            pass  # the lost group's store, gone: rank 0 has not posted its own yet
+        if time.monotonic() > deadline:
+            raise dist.DistError(f"no store of rank 0's for this attempt within {TIMEOUT}")
+        time.sleep(0.1)
+
+
+def lost(group: Group, error: Exception, epoch: int, done: int) -> BaseException:
+    """What each process of a group whose collective failed ends with (`error`, in `epoch`,
+    `done` epochs saved): the lowest one still alive, a PipelineError of one line naming the
+    rank(s) lost and how; the others, a quiet exit."""
+    said = str(error).lower()
+    how = (
+        f"sent nothing for {TIMEOUT.total_seconds():g} s (a stopped process, or a machine gone)"
+        if "timed out" in said or "timeout" in said
+        else "ended (its connection closed)"
+    )
+    alive = answering(group)
+    if group.rank != min(alive):
+        return SystemExit(2)
+    gone = [r for r in range(group.world_size) if r not in alive]
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0))
+    then = (
+        f"torchrun restarts it (restart {restart + 1} of {restarts} on this node)"
+        if restart < restarts
+        else "nothing was written for DVC, and `uv run dvc repro` "
+        + (f"resumes after epoch {done}, the last saved" if done else "starts afresh")
+    )
+    ranks = "rank" + ("s " if len(gone) > 1 else " ") + ", ".join(map(str, gone))
+    when = f"at epoch {epoch}" if epoch else "as the run began"
+    return PipelineError(
+        f"{ranks} of {group.world_size} {how} {when}; the group stops, and {then} "
+        f"({one_line(str(error), 80)})"
+    )
+
+
+def broke(error: BaseException) -> bool:
+    """Whether `error` is a collective's failure (a peer's closed connection, a timeout): torch
+    raises DistError for NCCL's, and gloo's transport a plain RuntimeError that names gloo."""
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and "/gloo/" in str(error)
+    )
+
+
+GRACE = 1.0  # seconds the survivors of a failed collective wait to hear from one another
+
+
+def answering(group: Group) -> set[int]:
+    """The ranks still alive after a collective failed: in a group of two, this one; in a
+    larger one, those that say so in torchrun's store within GRACE (torchrun's SIGTERM, which
+    follows a local worker's death, ends the wait early)."""
+    if group.world_size == 2:
+        return {group.rank}
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set(f"zimdb/{group.token}/alive/{group.rank}", "1")
+    except Exception:  # the store's own machine gone: only this rank is known to be alive
+        return {group.rank}
+    stopped, alive = [], set()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
+    try:
+        deadline = time.monotonic() + GRACE
+        while not stopped and time.monotonic() < deadline:
+            keys = [f"zimdb/{group.token}/alive/{r}" for r in range(group.world_size)]
+            alive = {r for r, key in enumerate(keys) if store.check([key])}
+            if len(alive) == group.world_size:
+                break
+            time.sleep(0.02)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return alive | {group.rank}
+
+
+def agree(group: Group, inputs: dict[str, object]) -> None:
+    """Refuse to train unless every process has rank 0's `inputs` (its train params, device,
+    precision and the digest of each file it reads): every node reads its own working copy."""
+    everyone = gather(group, inputs)
+    for rank, theirs in enumerate(everyone[1:], 1):
+        for key, ours in everyone[0].items():
+            if theirs.get(key) != ours:
+                what = (
+                    f"{key} differs from rank 0's"
+                    if "/" in key
+                    else f"{key} is {theirs.get(key)!r}, rank 0's {ours!r}"
+                )
+                if not group.writes:  # a line on each node, from its first process
+                    raise SystemExit(2)
+                raise PipelineError(
+                    f"rank {rank}'s {what}: every node needs the same params.yaml, code and data "
+                    "(compare `git status` and `dvc status` on each)"
+                )
 
 
 def shard(batches: list, group: Group) -> list:
@@ -77,12 +229,13 @@ def all_sum(group: Group, values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def broadcast(group: Group, obj, device: torch.device):
+def broadcast(group: Group, obj, device: torch.device | None):
     """Rank 0's `obj` in every process (itself in a group of one)."""
     if not group.enabled:
         return obj
     shared = [obj]
-    dist.broadcast_object_list(shared, src=0, device=device if device.type == "cuda" else None)
+    cuda = device is not None and device.type == "cuda"
+    dist.broadcast_object_list(shared, src=0, device=device if cuda else None)
     return shared[0]
 
 

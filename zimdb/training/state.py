@@ -4,7 +4,9 @@ It is the stage's own file, not a DVC output: DVC never caches, pushes or restor
 clone that pulled the pipeline's outputs is up to date without it, and a killed run can leave
 it behind without DVC taking it for a result.
 
-Written atomically after every epoch. A run resumes from it only when it was made from the same
+Written atomically after every epoch, on every node of a data-parallel run (by its first
+process), so a restarted group finds it wherever its rank 0 lands. A run resumes from it only
+when it was made from the same
 inputs, code and train params, in the same precision and processes, and has done no more epochs
 than asked; anything else starts afresh. A state with every epoch done is continued too: only
 model.pt is left to write, so a failure after the last epoch loses none of them. With a constant
@@ -32,6 +34,7 @@ from zimdb.training.step import Stepper
 # The keys save() writes: a file without exactly these is of another version's layout.
 LAYOUT = {
     "fingerprint",
+    "processes",
     "model",
     "optimizer",
     "schedule",
@@ -43,16 +46,26 @@ LAYOUT = {
 }
 
 
-def fingerprint(p: Train, inputs: list[Path], world_size: int, device: str, precision: str) -> str:
-    """What a saved state must match to be continued: the train params, the processes, the
-    device type and precision it ran with, and the bytes of `inputs` (data and code)."""
-    digest = hashlib.sha256()
-    settings = p.model_dump(exclude={"epochs"} if p.lr_schedule == "constant" else set())
-    digest.update(json.dumps([settings, world_size, device, precision], sort_keys=True).encode())
-    for path in inputs:
+def identity(p: Train, files: dict[str, Path], device: str, precision: str) -> dict[str, object]:
+    """What a run is made of, by name: its train params (train.lr, ...), device type and
+    precision, and the sha256 of each file it reads, data and code (`files`: a name, relative
+    to the project, and where to read it). Every process of a run must have the same, and a
+    saved state is continued only by a run of the same."""
+    made_of = {f"train.{key}": value for key, value in p.model_dump().items()}
+    made_of |= {"device": device, "precision": precision}
+    for name, path in files.items():
         with open(path, "rb") as f:  # streamed: an encoded split can be larger than memory
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()
+            made_of[name] = hashlib.file_digest(f, "sha256").hexdigest()
+    return made_of
+
+
+def fingerprint(made_of: dict[str, object], world_size: int) -> str:
+    """What a saved state must match to be continued: the run's identity() and its processes.
+    With a constant learning rate train.epochs is left out, so raising it continues a finished
+    run; a cosine schedule is shaped by the number of epochs."""
+    constant = made_of.get("train.lr_schedule") == "constant"
+    kept = {k: v for k, v in made_of.items() if not (constant and k == "train.epochs")}
+    return hashlib.sha256(json.dumps([kept, world_size], sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -79,12 +92,14 @@ class TrainState:
             self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def save(self, group: Group, path: Path = TRAIN_STATE) -> None:
-        """Every process calls it: rank 0 writes, with each process's random generators."""
+        """Every process calls it: each node's first process writes the node's copy, with every
+        process's random generators."""
         rngs = gather(group, random_state())
-        if not group.is_main:
+        if not group.writes:
             return
         state = {
             "fingerprint": self.fingerprint,
+            "processes": group.world_size,
             "model": self.model.state_dict(),
             "optimizer": self.stepper.optimizer.state_dict(),
             "schedule": self.stepper.schedule.state_dict(),
@@ -100,7 +115,7 @@ class TrainState:
     def restore(self, epochs: int, device: torch.device, group: Group, path=TRAIN_STATE) -> None:
         """Continue the saved run if it can be continued, else start afresh. Rank 0 decides
         (and says why); every process then resumes from what it read."""
-        state = self._continuable(epochs, path) if group.is_main else None
+        state = self._continuable(epochs, group.world_size, path) if group.is_main else None
         state = broadcast(group, state, device)
         if state is None:
             return
@@ -116,7 +131,7 @@ class TrainState:
         self.history = state["history"]
         self.best_epoch, self.best_acc, self.best_weights = state["best"]
 
-    def _continuable(self, epochs: int, path: Path) -> dict | None:
+    def _continuable(self, epochs: int, processes: int, path: Path) -> dict | None:
         if not path.exists():
             return None
         try:
@@ -128,6 +143,14 @@ class TrainState:
             return None
         if not isinstance(state, dict) or set(state) != LAYOUT:
             print(f"{path} is of another layout; starting afresh")
+            return None
+        if state["processes"] != processes:
+            # A resumed run continues the batch order and learning-rate schedule it drew: both
+            # are cut for its number of processes (each process's share, the steps an epoch).
+            print(
+                f"{path} was saved by a run of {state['processes']} process(es), this one has "
+                f"{processes}: starting afresh (a run resumes only with the processes it began with)"
+            )
             return None
         if state["fingerprint"] != self.fingerprint:
             print(f"{path} is from other inputs or params; starting afresh")
