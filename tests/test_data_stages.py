@@ -6,6 +6,7 @@ import pytest
 
 from stages import clean, download, encode, vocab
 from tests.conftest import movie_of, write_archive, write_params
+from zimdb.data import raw
 from zimdb.data.artifacts import open_encoded, read_vocab
 from zimdb.data.encoding import Encoding, read_encoding
 from zimdb.errors import PipelineError
@@ -15,13 +16,13 @@ from zimdb.paths import ENCODED, ENCODING
 def test_labels_map_ints_and_strings_and_refuse_others():
     labels = pa.array(["0", "1", "pos", "neg", "POS", "negative"])
     every = pa.array([True] * 6)
-    assert download.IMDB.ids(labels, every, "src", 0).tolist() == [0, 1, 1, 0, 1, 0]
+    assert raw.IMDB.ids(labels, every, "src", 0).tolist() == [0, 1, 1, 0, 1, 0]
     with pytest.raises(PipelineError, match=r"src: row 11 has the unknown label 'meh'; accepted"):
-        download.IMDB.ids(pa.array(["pos", "meh"]), pa.array([True, True]), "src", 10)
+        raw.IMDB.ids(pa.array(["pos", "meh"]), pa.array([True, True]), "src", 10)
     with pytest.raises(PipelineError, match="row 1 has the unknown label 2;"):
-        download.IMDB.ids(pa.array([0, 2]), pa.array([True, True]), "src", 0)
+        raw.IMDB.ids(pa.array([0, 2]), pa.array([True, True]), "src", 0)
     # A row left out (no text) is not asked for its label.
-    assert download.IMDB.ids(pa.array([0, 2]), pa.array([True, False]), "src", 0).tolist()[0] == 0
+    assert raw.IMDB.ids(pa.array([0, 2]), pa.array([True, False]), "src", 0).tolist()[0] == 0
 
 
 def test_aclimdb_archive_to_raw_tables(workdir, capsys):
