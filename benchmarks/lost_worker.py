@@ -6,7 +6,7 @@ whole train split (a 64-wide model, 3 epochs, params.yaml otherwise), first once
 must finish, resume from its last saved epoch, and end with the untouched run's model. Prints
 each run: where it was killed, what the group did, its exit code, its time, and whether its
 model equals the untouched one. --code DIR runs another checkout's stages (the same data) for a
-before/after; --archive PATH as benchmarks.run takes it. About a minute a run on 2 cores.
+before/after; --archive PATH as benchmarks.run takes it. 20 to 40 s a run on 2 cores.
 """
 
 import argparse

@@ -183,9 +183,10 @@ def test_a_node_with_other_data_is_refused_in_one_line(tmp_path, free_port):
 
 def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_lost(tmp_path, uninterrupted):
     """Through the stage's own relaunch (train.nproc_per_node), torchrun's restarts set by its
-    environment variable."""
+    environment variable. Restarted, rank 0 comes late: rank 1 first finds the lost group's post
+    of its store, and waits for the new one."""
     root = workdir(tmp_path, "node", n_train=REVIEWS, **NODE, **{"train.nproc_per_node": 2})
-    lose = {"ZIMDB_LOSE": f"1:{KILL_AT}:KILL", "PET_MAX_RESTARTS": "1"}
+    lose = {"ZIMDB_LOSE": f"1:{KILL_AT}:KILL", "ZIMDB_LATE": "0:3", "PET_MAX_RESTARTS": "1"}
     ((code, out, err),) = finish([start([sys.executable, "-m", "stages.train"], root, **lose)])
     assert code == 0, err[-3000:]
     assert "launching 2 processes, 1 restart(s)" in out

@@ -7,6 +7,7 @@ for several machines, start torchrun yourself (see the README) and the stage joi
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -111,17 +112,26 @@ def attempt_store(group: Group) -> tuple[dist.Store, str]:
     deadline = time.monotonic() + TIMEOUT.total_seconds()
     while True:
         posted_port, token = agent.get("zimdb/store").decode().split()
-        try:
-            own = dist.TCPStore(
-                host, int(posted_port), is_master=False, timeout=timedelta(seconds=5)
-            )
+        # A post of the lost group's names a port nobody serves now: a plain connection says so
+        # at once, where a TCPStore client would retry it for seconds.
+        if serving(host, int(posted_port)):
+            own = dist.TCPStore(host, int(posted_port), is_master=False, timeout=TIMEOUT)
             if own.get("zimdb/token").decode() == token:
                 return own, token
-        except (RuntimeError, dist.DistError):
-            pass  # the lost group's store, gone: rank 0 has not posted its own yet
         if time.monotonic() > deadline:
-            raise dist.DistError(f"no store of rank 0's for this attempt within {TIMEOUT}")
+            raise PipelineError(
+                f"rank 0 posted no store for this attempt within {TIMEOUT.total_seconds():g} s "
+                "(ZIMDB_GROUP_TIMEOUT)"
+            )
         time.sleep(0.1)
+
+
+def serving(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def lost(group: Group, error: Exception, epoch: int, done: int) -> BaseException:
