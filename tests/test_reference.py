@@ -5,6 +5,7 @@ import json
 import re
 
 import yaml
+from ruamel.yaml import YAML
 
 from docs import results
 from tests.conftest import PLOTS, ROOT, dvc, make_project, run, stages
@@ -17,7 +18,8 @@ TRAIN_HEADLINE = {"step", "best_epoch", "val_acc", "samples_per_s"}
 
 
 def lock() -> dict:
-    return yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    # As DVC reads it: YAML 1.2, where the 5e-06 it writes is a number (PyYAML reads a string).
+    return YAML(typ="safe").load((ROOT / "dvc.lock").read_text())["stages"]
 
 
 def test_the_lock_is_of_today_s_pipeline_and_params():
