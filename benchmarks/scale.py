@@ -13,8 +13,8 @@ memory (VmHWM, read by the process itself as it exits) of each.
 - evaluate and the baseline at the sizes of --scored (1× and 8×), on the model of those steps;
 - the whole pipeline at --whole (8×) end to end: `dvc exp run -S train.epochs=1` on the corpus.
 
-Its time budget on a 2-core CPU: about 20 minutes for 1× and 8× alone, 1 to 1.5 hours with 80×,
-and 40 GB of disk at 80× (corpora and outputs are deleted as each size is done; --work DIR keeps
+Its time budget on a 2-core CPU: about 12 minutes for 1× and 8× alone, 30 to 45 minutes with 80×
+(31 on a 2-core AMD EPYC with AVX512-BF16), and 40 GB of disk at 80× (corpora and outputs are deleted as each size is done; --work DIR keeps
 them in DIR). A smaller form: `--sizes 1,8 --whole 0`, or `--sizes 0.2,1.6 --scored 0.2,1.6
 --whole 0` (minutes).
 """
