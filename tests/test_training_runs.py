@@ -163,7 +163,12 @@ class Bar(tqdm.tqdm):
 run(lambda: Bar(range(3)))
 """
     proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=interruptible,
     )
     assert proc.returncode == 130
     assert proc.stderr == "interrupted: nothing was written\n"
@@ -188,7 +193,12 @@ run(main)
 """
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=interruptible,
     )
     assert (proc.returncode, proc.stdout) == (130, "")
     assert proc.stderr == "interrupted: nothing was written\n"
@@ -216,7 +226,12 @@ del t  # its finaliser fails after the interrupt was handled: not a progress bar
 sys.exit(code)
 """
     proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=interruptible,
     )
     assert proc.returncode == 130
     assert proc.stderr.startswith("interrupted: nothing was written\n")
