@@ -2,9 +2,10 @@
 CSV, Parquet or JSON Lines files (download.source: table).
 
 Writes data/raw/{train,test}.parquet: text, label (0 negative, 1 positive) and, where the source
-has them, id, rating and movie (the IMDb title id, from the archive's urls_{pos,neg}.txt). Each
-split passes through in batches of rows (zimdb.data.raw), so its size is bounded by the disk,
-not the memory; both files are written, or neither.
+has them, id, rating and movie (the IMDb title id, from the archive's urls_{pos,neg}.txt). Your files
+pass through in batches of rows (zimdb.data.raw), so their size is bounded by the disk, not the
+memory (ModelScope and the archive hand over IMDB's 50,000 reviews whole); both files are
+written, or neither.
 """
 
 from pathlib import Path

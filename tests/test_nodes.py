@@ -253,15 +253,28 @@ def test_a_group_of_another_size_starts_afresh_and_says_why(tmp_path, uninterrup
     )
 
 
-def test_in_a_group_of_three_the_survivors_name_the_lost_rank(tmp_path):
-    """Beyond two, the survivors tell one another they are alive in the group's store; the
-    lowest of them names the others."""
+@pytest.mark.parametrize("lost", [2, 0])
+def test_in_a_group_of_three_the_survivors_name_the_lost_rank(tmp_path, lost):
+    """Beyond two, the survivors tell one another they are alive in torchrun's store, which
+    outlives rank 0 (the group's own store is rank 0's); the lowest of them names the others."""
     root = workdir(tmp_path, "node", n_train=REVIEWS, **NODE)
-    lose = "2:10:KILL"  # 8 batches a process an epoch: the second epoch
+    lose = f"{lost}:10:KILL"  # 8 batches a process an epoch: the second epoch
     ((code, _, err),) = finish([start(standalone(processes=3), root, ZIMDB_LOSE=lose)])
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code != 0 and len(lines) == 1, err[-3000:]
-    assert lines[0].startswith("error: rank 2 of 3 ended (its connection closed) at epoch 2")
+    assert lines[0].startswith(f"error: rank {lost} of 3 ended (its connection closed) at epoch 2")
+
+
+@pytest.mark.parametrize("said", ["soon", "0", "-5"])
+def test_a_group_timeout_that_is_no_positive_number_is_one_line(monkeypatch, said):
+    from zimdb.errors import PipelineError
+    from zimdb.training import distributed
+
+    monkeypatch.setenv("ZIMDB_GROUP_TIMEOUT", said)
+    with pytest.raises(
+        PipelineError, match=f"ZIMDB_GROUP_TIMEOUT must be a number of seconds > 0, got '{said}'"
+    ):
+        distributed._timeout()
 
 
 def test_every_process_must_have_rank_0_s_params_code_and_data(monkeypatch):

@@ -4,6 +4,7 @@ With train.nproc_per_node > 1 the train stage relaunches itself under torchrun o
 for several machines, start torchrun yourself (see the README) and the stage joins its group.
 """
 
+import contextlib
 import os
 import secrets
 import signal
@@ -11,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import torch
@@ -19,10 +20,19 @@ import torch.distributed as dist
 
 from zimdb.errors import PipelineError, one_line
 
+
 # How long a collective waits for a process that sends nothing (a stopped process, a machine
 # gone) before it fails: torch's default is 30 minutes. Every wait between collectives in a
 # run (rank 0 saving the state, a first step's kernels) is seconds.
-TIMEOUT = timedelta(seconds=float(os.environ.get("ZIMDB_GROUP_TIMEOUT", 60)))
+def _timeout() -> timedelta:
+    said = os.environ.get("ZIMDB_GROUP_TIMEOUT", "60")
+    try:
+        seconds = float(said)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise PipelineError(f"ZIMDB_GROUP_TIMEOUT must be a number of seconds > 0, got {said!r}")
+    return timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,9 @@ class Group:
     local_rank: int = 0
     world_size: int = 1
     token: str = ""  # this group's own, drawn by rank 0: its keys in torchrun's store
+    # torchrun's store, which its agent serves and which outlives any worker (the group's own
+    # is rank 0's): where the survivors of a lost rank, rank 0 included, find one another.
+    agent: dist.Store | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -78,19 +91,28 @@ def init(device_type: str, backend: str | None = None) -> Group:
     )
     if device_type == "cuda":
         torch.cuda.set_device(group.local_rank)
-    store, token = attempt_store(group)
-    dist.init_process_group(
-        backend=backend or ("nccl" if device_type == "cuda" else "gloo"),
-        store=store,
-        rank=group.rank,
-        world_size=group.world_size,
-        timeout=TIMEOUT,
-    )
-    return replace(group, token=token)
+    timeout = _timeout()
+    try:
+        agent, store, token = attempt_store(group, timeout)
+        dist.init_process_group(
+            backend=backend or ("nccl" if device_type == "cuda" else "gloo"),
+            store=store,
+            rank=group.rank,
+            world_size=group.world_size,
+            timeout=timeout,
+        )
+    except (RuntimeError, OSError) as e:  # DistError is a RuntimeError
+        raise PipelineError(
+            f"rank {group.rank} of {group.world_size} could not join its group within "
+            f"{timeout.total_seconds():g} s (ZIMDB_GROUP_TIMEOUT), a process of it lost or "
+            f"never started: {one_line(str(e), 120)}"
+        ) from None
+    return replace(group, token=token, agent=agent)
 
 
-def attempt_store(group: Group) -> tuple[dist.Store, str]:
-    """A store of this attempt's own for the group, and the token that names the attempt.
+def attempt_store(group: Group, timeout: timedelta) -> tuple[dist.Store, dist.Store, str]:
+    """torchrun's store, a store of this attempt's own for the group, and the token that names
+    the attempt.
 
     torchrun's agent keeps one store for the whole run (MASTER_ADDR:MASTER_PORT): after a
     restart, the keys of the group it lost are still there, and a restarted process could
@@ -98,32 +120,35 @@ def attempt_store(group: Group) -> tuple[dist.Store, str]:
     another's old counts and hang. Rank 0 serves a new store on a free port and posts where,
     with a fresh token, in the agent's; the others connect to the store the post names, and
     take it only once it holds the same token (a post left by the lost group names a store
-    that is gone)."""
+    that is gone). Raises DistError where none comes within `timeout`."""
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    agent = dist.TCPStore(host, port, is_master=False, timeout=TIMEOUT)
+    agent = dist.TCPStore(host, port, is_master=False, timeout=timeout)
     if group.rank == 0:
         token = secrets.token_hex(8)
         own = dist.TCPStore(
-            host, 0, group.world_size, is_master=True, timeout=TIMEOUT, wait_for_workers=False
+            host, 0, group.world_size, is_master=True, timeout=timeout, wait_for_workers=False
         )
         own.set("zimdb/token", token)
         agent.set("zimdb/store", f"{own.port} {token}")
-        return own, token
-    deadline = time.monotonic() + TIMEOUT.total_seconds()
-    while True:
-        posted_port, token = agent.get("zimdb/store").decode().split()
-        # A post of the lost group's names a port nobody serves now: a plain connection says so
-        # at once, where a TCPStore client would retry it for seconds.
-        if serving(host, int(posted_port)):
-            own = dist.TCPStore(host, int(posted_port), is_master=False, timeout=TIMEOUT)
-            if own.get("zimdb/token").decode() == token:
-                return own, token
-        if time.monotonic() > deadline:
-            raise PipelineError(
-                f"rank 0 posted no store for this attempt within {TIMEOUT.total_seconds():g} s "
-                "(ZIMDB_GROUP_TIMEOUT)"
-            )
+        return agent, own, token
+    deadline = time.monotonic() + timeout.total_seconds()
+    while time.monotonic() < deadline:
+        if agent.check(["zimdb/store"]):
+            posted_port, token = agent.get("zimdb/store").decode().split()
+            # A post of the lost group's names a port nobody serves now: a plain connection
+            # says so at once, where a TCPStore client would retry it for seconds.
+            if serving(host, int(posted_port)):
+                try:
+                    own = dist.TCPStore(
+                        host, int(posted_port), is_master=False, timeout=timedelta(seconds=5)
+                    )
+                    if own.get("zimdb/token").decode() == token:
+                        own.set_timeout(timeout)
+                        return agent, own, token
+                except (RuntimeError, OSError):
+                    pass  # its server went as we came, or the port is another's now
         time.sleep(0.1)
+    raise dist.DistError("rank 0 posted no store for this attempt")
 
 
 def serving(host: str, port: int) -> bool:
@@ -140,7 +165,7 @@ def lost(group: Group, error: Exception, epoch: int, done: int) -> BaseException
     rank(s) lost and how; the others, a quiet exit."""
     said = str(error).lower()
     how = (
-        f"sent nothing for {TIMEOUT.total_seconds():g} s (a stopped process, or a machine gone)"
+        f"sent nothing for {_timeout().total_seconds():g} s (a stopped process, or a machine gone)"
         if "timed out" in said or "timeout" in said
         else "ended (its connection closed)"
     )
@@ -179,23 +204,21 @@ def answering(group: Group) -> set[int]:
     """The ranks still alive after a collective failed: in a group of two, this one; in a
     larger one, those that say so in torchrun's store within GRACE (torchrun's SIGTERM, which
     follows a local worker's death, ends the wait early)."""
-    if group.world_size == 2:
+    if group.world_size == 2 or group.agent is None:
         return {group.rank}
-    try:
-        store = dist.distributed_c10d._get_default_store()
-        store.set(f"zimdb/{group.token}/alive/{group.rank}", "1")
-    except Exception:  # the store's own machine gone: only this rank is known to be alive
-        return {group.rank}
+    keys = [f"zimdb/{group.token}/alive/{r}" for r in range(group.world_size)]
     stopped, alive = [], set()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
     try:
+        group.agent.set(keys[group.rank], "1")
         deadline = time.monotonic() + GRACE
         while not stopped and time.monotonic() < deadline:
-            keys = [f"zimdb/{group.token}/alive/{r}" for r in range(group.world_size)]
-            alive = {r for r, key in enumerate(keys) if store.check([key])}
+            alive = {r for r, key in enumerate(keys) if group.agent.check([key])}
             if len(alive) == group.world_size:
                 break
             time.sleep(0.02)
+    except (RuntimeError, OSError):  # the agent's machine gone: only this rank is known alive
+        pass
     finally:
         signal.signal(signal.SIGTERM, previous)
     return alive | {group.rank}
@@ -260,4 +283,9 @@ def gather(group: Group, obj) -> list:
 
 def shutdown() -> None:
     if dist.is_initialized():  # torchrun with one process starts a group too
+        # Together: a process that tore its group down while rank 0 still saved the model was
+        # seen to abort at exit (SIGABRT, "terminate called without an active exception") in
+        # restarted groups, failing a run whose outputs were written.
+        with contextlib.suppress(RuntimeError):  # a peer gone after the run's end changes nothing
+            dist.barrier()
         dist.destroy_process_group()
