@@ -148,6 +148,18 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, uninterrupted, sig)
         ]
 
 
+def python_script(script: str) -> subprocess.CompletedProcess:
+    """`script` run by a Python of its own, which SIGINT interrupts as Ctrl-C would."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=interruptible,
+    )
+
+
 def test_ctrl_c_inside_a_progress_bar_s_constructor_prints_no_traceback():
     # Seen in CI: SIGINT landed in the next epoch's tqdm(), and the half-built bar's __del__
     # printed an AttributeError traceback after "interrupted".
@@ -162,14 +174,7 @@ class Bar(tqdm.tqdm):
 
 run(lambda: Bar(range(3)))
 """
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=interruptible,
-    )
+    proc = python_script(script)
     assert proc.returncode == 130
     assert proc.stderr == "interrupted: nothing was written\n"
 
@@ -192,14 +197,7 @@ def main():
 run(main)
 """
     start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=interruptible,
-    )
+    proc = python_script(script)
     assert (proc.returncode, proc.stdout) == (130, "")
     assert proc.stderr == "interrupted: nothing was written\n"
     assert time.monotonic() - start < 20
@@ -225,14 +223,7 @@ t = Temp()
 del t  # its finaliser fails after the interrupt was handled: not a progress bar's
 sys.exit(code)
 """
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=interruptible,
-    )
+    proc = python_script(script)
     assert proc.returncode == 130
     assert proc.stderr.startswith("interrupted: nothing was written\n")
     assert "OSError: cleanup failed" in proc.stderr
