@@ -120,21 +120,24 @@ def attempt_store(group: Group, timeout: timedelta) -> tuple[dist.Store, dist.St
     another's old counts and hang. Rank 0 serves a new store on a free port and posts where,
     with a fresh token, in the agent's; the others connect to the store the post names, and
     take it only once it holds the same token (a post left by the lost group names a store
-    that is gone). Raises DistError where none comes within `timeout`."""
-    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    agent = dist.TCPStore(host, port, is_master=False, timeout=timeout)
+    that is gone). Rank 0 need not be on the agent's machine: it posts its own address, the one
+    it reaches the agent from. Raises DistError where none comes within `timeout`."""
+    agent_host, agent_port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = dist.TCPStore(agent_host, agent_port, is_master=False, timeout=timeout)
     if group.rank == 0:
+        with socket.create_connection((agent_host, agent_port), timeout=10) as probe:
+            host = probe.getsockname()[0]
         token = secrets.token_hex(8)
         own = dist.TCPStore(
             host, 0, group.world_size, is_master=True, timeout=timeout, wait_for_workers=False
         )
         own.set("zimdb/token", token)
-        agent.set("zimdb/store", f"{own.port} {token}")
+        agent.set("zimdb/store", f"{host} {own.port} {token}")
         return agent, own, token
     deadline = time.monotonic() + timeout.total_seconds()
     while time.monotonic() < deadline:
         if agent.check(["zimdb/store"]):
-            posted_port, token = agent.get("zimdb/store").decode().split()
+            host, posted_port, token = agent.get("zimdb/store").decode().split()
             # A post of the lost group's names a port nobody serves now: a plain connection
             # says so at once, where a TCPStore client would retry it for seconds.
             if serving(host, int(posted_port)):

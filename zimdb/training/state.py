@@ -6,15 +6,14 @@ it behind without DVC taking it for a result.
 
 Written atomically after every epoch, on every node of a data-parallel run (by its first
 process), so a restarted group finds it wherever its rank 0 lands. A run resumes from it only
-when it was made from the same
-inputs, code and train params, in the same precision and processes, and has done no more epochs
-than asked; anything else starts afresh. A state with every epoch done is continued too: only
-model.pt is left to write, so a failure after the last epoch loses none of them. With a constant
-learning rate train.epochs is left out of that comparison, so raising it continues a finished
-run; a cosine schedule is shaped by the number of epochs, so there it counts. Everything that
-decides the next epoch is kept — weights, optimizer, scheduler and scaler state, both random
-generators, the best epoch so far and the logged history — so on CPU a resumed run ends with the
-same model as one never interrupted.
+when it was made from the same inputs, code and train params, in the same precision and
+processes, and has done no more epochs than asked; anything else starts afresh. A state with
+every epoch done is continued too: only model.pt is left to write, so a failure after the last
+epoch loses none of them. With a constant learning rate train.epochs is left out of that
+comparison, so raising it continues a finished run; a cosine schedule is shaped by the number of
+epochs, so there it counts. Everything that decides the next epoch is kept — weights, optimizer,
+scheduler and scaler state, both random generators, the best epoch so far and the logged history
+— so on CPU a resumed run ends with the same model as one never interrupted.
 """
 
 import hashlib
