@@ -47,7 +47,7 @@ def worker(encoded: Path, steps: int) -> None:
     if group.is_main:
         label = f"{group.world_size} process(es) of {torch.get_num_threads()} thread(s)"
         print(f"  {label:<32} {samples / seconds.item():6.0f} samples/s", flush=True)
-    distributed.shutdown()
+    distributed.shutdown(group)
 
 
 def main() -> None:

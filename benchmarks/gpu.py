@@ -301,7 +301,7 @@ def ddp_worker(args) -> None:
             f"{metrics['samples_per_s']:,.0f} samples/s -> {'ok' if ok else 'FAILED'}",
             flush=True,
         )
-    distributed.shutdown()
+    distributed.shutdown(group)
 
 
 def main() -> None:

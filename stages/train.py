@@ -36,18 +36,19 @@ def main() -> None:
     run, train, val, encoding = start(p)
     group, state, number = run.group, None, 0
     try:
-        state = resumed(p, run)
-        live = None
-        if group.writes:  # on every node: its own copy of the curves
-            live = Live(str(TRAIN_LIVE), dvcyaml=None, save_dvc_exp=False)
-            for number, logged in enumerate(state.history, 1):  # DVC cleared them: replay
-                log(live, number, logged, p.epochs, quiet=True)
-        for number in range(state.epoch + 1, p.epochs + 1):
-            state.end_epoch(epoch(run, train, val, state.rng, number))
-            if group.writes:
-                log(live, number, state.history[-1], p.epochs, quiet=not group.is_main)
-            state.save(group)
-    except RuntimeError as e:  # another process lost: a line, and nothing for DVC
+        with distributed.stoppable(group):
+            state = resumed(p, run)
+            live = None
+            if group.writes:  # on every node: its own copy of the curves
+                live = Live(str(TRAIN_LIVE), dvcyaml=None, save_dvc_exp=False)
+                for number, logged in enumerate(state.history, 1):  # DVC cleared them: replay
+                    log(live, number, logged, p.epochs, quiet=True)
+            for number in range(state.epoch + 1, p.epochs + 1):
+                state.end_epoch(epoch(run, train, val, state.rng, number))
+                if group.writes:
+                    log(live, number, state.history[-1], p.epochs, quiet=not group.is_main)
+                state.save(group)
+    except (RuntimeError, distributed.Stopped) as e:  # a process lost: a line, nothing for DVC
         if not distributed.broke(e):
             raise
         raise distributed.lost(group, e, number, state.epoch if state else 0) from None
@@ -60,7 +61,7 @@ def main() -> None:
         ModelFile(run.model, encoding, run.precision.name).save(MODEL)
         if group.is_main:
             print(f"saved {MODEL}: epoch {state.best_epoch}, val accuracy {state.best_acc:.4f}")
-    distributed.shutdown()
+    distributed.shutdown(group)
 
 
 def resumed(p: params.Train, run: Run) -> TrainState:

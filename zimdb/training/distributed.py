@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -44,6 +45,8 @@ class Group:
     # torchrun's store, which its agent serves and which outlives any worker (the group's own
     # is rank 0's): where the survivors of a lost rank, rank 0 included, find one another.
     agent: dist.Store | None = field(default=None, compare=False, repr=False)
+    # Set when the process leaves: its thread that answers the survivors' roll call stops.
+    leaving: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -107,7 +110,12 @@ def init(device_type: str, backend: str | None = None) -> Group:
             f"{timeout.total_seconds():g} s (ZIMDB_GROUP_TIMEOUT), a process of it lost or "
             f"never started: {one_line(str(e), 120)}"
         ) from None
-    return replace(group, token=token, agent=agent)
+    group = replace(group, token=token, agent=agent)
+    if group.enabled:
+        threading.Thread(
+            target=_answer_when_called, args=(group, group.leaving), daemon=True
+        ).start()
+    return group
 
 
 def attempt_store(group: Group, timeout: timedelta) -> tuple[dist.Store, dist.Store, str]:
@@ -162,18 +170,53 @@ def serving(host: str, port: int) -> bool:
         return False
 
 
-def lost(group: Group, error: Exception, epoch: int, done: int) -> BaseException:
-    """What each process of a group whose collective failed ends with (`error`, in `epoch`,
-    `done` epochs saved): the lowest one still alive, a PipelineError of one line naming the
-    rank(s) lost and how; the others, a quiet exit."""
+class Stopped(BaseException):
+    """torchrun's SIGTERM while training: its agent stops this node's processes (one of them
+    lost, a restart, a shutdown). A BaseException, as KeyboardInterrupt is, so that no
+    library's `except Exception` holds the process back."""
+
+
+_stopping = False  # once set, this process is on its way out: a SIGTERM changes nothing
+
+
+def _stop(*_) -> None:
+    global _stopping
+    if not _stopping:
+        _stopping = True
+        raise Stopped
+
+
+@contextlib.contextmanager
+def stoppable(group: Group):
+    """Within, torchrun's SIGTERM raises Stopped instead of ending the process at once: a
+    process its agent stops then says it is alive (lost() below) before it goes, and is not
+    taken for the lost one by the others."""
+    if not group.enabled:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def lost(group: Group, error: BaseException, epoch: int, done: int) -> BaseException:
+    """What each process of a group whose collective failed, or whose agent stopped it, ends
+    with (`error`, in `epoch`, `done` epochs saved): one of them, a PipelineError of one line
+    naming the rank(s) lost and how; the others, a quiet exit."""
+    global _stopping
+    _stopping = True  # torchrun's SIGTERM, now or later, waits for the line (GRACE at most)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    group.leaving.set()
     said = str(error).lower()
     how = (
         f"sent nothing for {_timeout().total_seconds():g} s (a stopped process, or a machine gone)"
         if "timed out" in said or "timeout" in said
         else "ended (its connection closed)"
     )
-    alive = answering(group)
-    if group.rank != min(alive):
+    reports, alive = answering(group)
+    if not reports:
         return SystemExit(2)
     gone = [r for r in range(group.world_size) if r not in alive]
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
@@ -184,47 +227,75 @@ def lost(group: Group, error: Exception, epoch: int, done: int) -> BaseException
         else "nothing was written for DVC, and `uv run dvc repro` "
         + (f"resumes after epoch {done}, the last saved" if done else "starts afresh")
     )
-    ranks = "rank" + ("s " if len(gone) > 1 else " ") + ", ".join(map(str, gone))
     when = f"at epoch {epoch}" if epoch else "as the run began"
+    if not gone:  # every process answered: torchrun stopped a whole group that lost none
+        return PipelineError(f"torchrun stopped the group {when}; {then}")
+    ranks = "rank" + ("s " if len(gone) > 1 else " ") + ", ".join(map(str, gone))
+    why = "torchrun's SIGTERM" if isinstance(error, Stopped) else one_line(str(error), 80)
     return PipelineError(
-        f"{ranks} of {group.world_size} {how} {when}; the group stops, and {then} "
-        f"({one_line(str(error), 80)})"
+        f"{ranks} of {group.world_size} {how} {when}; the group stops, and {then} ({why})"
     )
 
 
 def broke(error: BaseException) -> bool:
-    """Whether `error` is a collective's failure (a peer's closed connection, a timeout): torch
-    raises DistError for NCCL's, and gloo's transport a plain RuntimeError that names gloo."""
-    return isinstance(error, dist.DistError) or (
+    """Whether `error` is a collective's failure (a peer's closed connection, a timeout), or
+    torchrun stopping this process: torch raises DistError for NCCL's failures, and gloo's
+    transport a plain RuntimeError that names gloo."""
+    return isinstance(error, dist.DistError | Stopped) or (
         isinstance(error, RuntimeError) and "/gloo/" in str(error)
     )
 
 
-GRACE = 1.0  # seconds the survivors of a failed collective wait to hear from one another
+GRACE = 5.0  # seconds the process that reports waits to hear from the other survivors
 
 
-def answering(group: Group) -> set[int]:
-    """The ranks still alive after a collective failed: in a group of two, this one; in a
-    larger one, those that say so in torchrun's store within GRACE (torchrun's SIGTERM, which
-    follows a local worker's death, ends the wait early)."""
-    if group.world_size == 2 or group.agent is None:
-        return {group.rank}
-    keys = [f"zimdb/{group.token}/alive/{r}" for r in range(group.world_size)]
-    stopped, alive = [], set()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
+def _keys(group: Group) -> tuple[str, list[str]]:
+    """The keys of the survivors' roll call in torchrun's store: the first to report adds to
+    the first, and each survivor sets its own of the others."""
+    roll = f"zimdb/{group.token}/alive"
+    return f"{roll}/reporter", [f"{roll}/{r}" for r in range(group.world_size)]
+
+
+def _answer_when_called(group: Group, stop: threading.Event) -> None:
+    """Sets this rank's key once the roll is called, whatever the main thread is doing: one
+    blocked in a collective on a peer that is still alive cannot answer, and would be taken
+    for lost. A client of its own: the main thread's is not shared between threads."""
+    called, keys = _keys(group)
+    try:
+        agent = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False
+        )
+        while not stop.wait(0.05):
+            if agent.check([called]):
+                agent.set(keys[group.rank], "1")
+                return
+    except (RuntimeError, OSError):  # the agent gone: nobody left to answer
+        pass
+
+
+def answering(group: Group) -> tuple[bool, set[int]]:
+    """Whether this process reports the loss, and the ranks known to be alive.
+
+    The first survivor to get here calls the roll in torchrun's store, which outlives any
+    worker (the group's own store is rank 0's), and reports: one line, whichever survivor saw
+    the failure first and however late the others see it. Every live process answers from a
+    thread of its own (_answer_when_called), a lost one never: the report waits for them up to
+    GRACE, or until every rank has answered. The others leave at once. Where the store is gone
+    too (the agent's machine), each survivor knows only of itself, and says so."""
+    if group.agent is None:
+        return True, {group.rank}
+    called, keys = _keys(group)
     try:
         group.agent.set(keys[group.rank], "1")
-        deadline = time.monotonic() + GRACE
-        while not stopped and time.monotonic() < deadline:
-            alive = {r for r, key in enumerate(keys) if group.agent.check([key])}
-            if len(alive) == group.world_size:
-                break
+        if group.agent.add(called, 1) > 1:
+            return False, set()
+        alive, deadline = {group.rank}, time.monotonic() + GRACE
+        while len(alive) < group.world_size and time.monotonic() < deadline:
             time.sleep(0.02)
-    except (RuntimeError, OSError):  # the agent's machine gone: only this rank is known alive
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return alive | {group.rank}
+            alive = {r for r, key in enumerate(keys) if group.agent.check([key])}
+        return True, alive | {group.rank}
+    except (RuntimeError, OSError):
+        return True, {group.rank}
 
 
 def agree(group: Group, inputs: dict[str, object]) -> None:
@@ -284,7 +355,8 @@ def gather(group: Group, obj) -> list:
     return gathered
 
 
-def shutdown() -> None:
+def shutdown(group: Group) -> None:
+    group.leaving.set()
     if dist.is_initialized():  # torchrun with one process starts a group too
         # Together: a process that tore its group down while rank 0 still saved the model was
         # seen to abort at exit (SIGABRT, "terminate called without an active exception") in
