@@ -5,9 +5,11 @@ mixed in as a larger corpus would bring them: by Heaps' law the distinct words o
 as V0 (t / T0)^BETA, V0 and T0 being the archive split's own.
 
 Written as the table source reads them: Parquet files with a `text` and a `label` column,
-labelled 1 (negative) and 2 (positive) as Amazon's and Yelp's polarity sets are.
+labelled 1 (negative) and 2 (positive) as Amazon's and Yelp's polarity sets are; rewritten in
+any other format the table source reads by as_format().
 """
 
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as csv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -103,3 +106,40 @@ def write(archive: Path, k: float, folder: Path, seed: int = 0) -> dict[str, Pat
                 bar.update(len(chunk))
         files[split] = path
     return files
+
+
+FORMATS = ("csv", "tsv", "jsonl", "csv.gz", "tsv.gz", "jsonl.gz", "parts")
+PART = 500_000  # rows of each Parquet part of a folder
+
+
+def as_format(files: dict[str, Path], kind: str, folder: Path) -> dict[str, Path]:
+    """The corpus `files` (Parquet) rewritten as `kind`, one of FORMATS ("parts": a folder of
+    Parquet parts of PART rows), in `folder`, a batch at a time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, source in files.items():
+        reader = pq.ParquetFile(source)
+        batches = reader.iter_batches(batch_size=CHUNK)
+        path = out[split] = folder / (f"{split}.{kind}" if kind != "parts" else split)
+        if kind == "parts":
+            path.mkdir()
+            pending, number = [], 0
+            for batch in itertools.chain(batches, [None]):  # None: the last part's end
+                if batch is not None:
+                    pending.append(batch)
+                if pending and (batch is None or sum(map(len, pending)) >= PART):
+                    part = path / f"part-{number:05d}.snappy.parquet"
+                    pq.write_table(pa.Table.from_batches(pending), part)
+                    pending, number = [], number + 1
+            continue
+        with pa.output_stream(str(path)) as stream:  # gzip-compressed by the name
+            if kind.startswith("jsonl"):
+                for batch in batches:
+                    lines = batch.to_pandas().to_json(orient="records", lines=True)
+                    stream.write(lines.encode())
+            else:
+                options = csv.WriteOptions(delimiter="\t" if kind.startswith("tsv") else ",")
+                with csv.CSVWriter(stream, reader.schema_arrow, write_options=options) as writer:
+                    for batch in batches:
+                        writer.write_batch(batch)
+    return out

@@ -5,7 +5,9 @@ remixed, with new words coming in as a larger corpus brings them) and runs the s
 the pipeline does, each its own process under a memory cap: wall time, time per review and peak
 memory (VmHWM, read by the process itself as it exits) of each.
 
-- download, clean, vocab and encode at every size (1×, 8× and 80×: 4 million reviews);
+- download, clean, vocab and encode at every size (1×, 8× and 80×: 4 million reviews), and
+  download again from the corpus in each of --formats (CSV, TSV, JSON Lines, each also
+  gzip-compressed, and a folder of Parquet parts);
 - training at every size through the train stage's own functions: its set-up (the data mapped,
   checked and the run assembled, then an epoch's order) timed apart from --steps optimizer
   steps; anonymous and file-backed memory after them, and again after one full pass over the
@@ -299,12 +301,19 @@ def report(sizes: list[float], stages: dict, trains: dict, words: dict) -> None:
 
 
 def main() -> None:
+    from benchmarks import corpus
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
     parser.add_argument("--sizes", default="1,8,80", help="corpus sizes, in IMDBs (50,000 reviews)")
     parser.add_argument("--scored", default="1,8", help="sizes to run evaluate and the baseline at")
     parser.add_argument("--whole", type=float, default=8, help="size of the whole run (0: none)")
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps timed per size")
+    parser.add_argument(
+        "--formats",
+        default=",".join(corpus.FORMATS),
+        help="formats download reads the corpus in too, at every size ('' for none)",
+    )
     parser.add_argument(
         "--work", type=Path, help="keep corpora and outputs here (default: deleted)"
     )
@@ -313,9 +322,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.probe_train:
         return probe_train(args.steps)
-    from benchmarks import corpus
 
     sizes = [float(k) for k in args.sizes.split(",")]
+    formats = [f for f in args.formats.split(",") if f]
     scored = {float(k) for k in args.scored.split(",") if k}
     cap = int(args.cap_gib * 2**30)
     print(
@@ -344,6 +353,20 @@ def main() -> None:
                     flush=True,
                 )
             words[k] = int(stages["vocab"][k].stdout.split("; ")[1].split()[0])
+            for kind in formats:
+                start = time.perf_counter()
+                other = corpus.as_format(files, kind, folder / kind)
+                written = time.perf_counter() - start
+                downloaded = project(folder / f"{kind}-project", other)
+                measured = measure("stages.download", downloaded, cap=cap)
+                stages.setdefault(f"download {kind}", {})[k] = measured
+                print(
+                    f"  download {kind} (written in {written:.0f} s): {measured.seconds:.1f} s, "
+                    f"peak {gib(measured.peak)} GiB",
+                    flush=True,
+                )
+                shutil.rmtree(folder / kind)
+                shutil.rmtree(folder / f"{kind}-project")
             probe = measure(
                 "benchmarks.scale", work, "--probe-train", "--steps", str(args.steps), cap=cap
             )

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from zimdb.data import text
+from zimdb.data import table, text
 from zimdb.errors import run
 from zimdb.paths import MODEL, RAW
 from zimdb.predict import BATCH_SIZE, read_texts
@@ -143,7 +143,9 @@ def main() -> None:
     args = parser.parse_args()
 
     trained = LSTMScorer.load(args.model)
-    pool = read_texts(args.reviews).sample(frac=1, random_state=0).tolist()
+    pool = (
+        read_texts(args.reviews, table.Columns(label=None)).sample(frac=1, random_state=0).tolist()
+    )
     reviews = (pool * (args.n // len(pool) + 1))[: args.n]
     # One real review cut to its first 250 words: cleaned already, so the model reads all 250.
     cleaned = text.clean(pd.Series(pool, dtype=object)).str.split()

@@ -332,6 +332,16 @@ def built(tmp_path_factory, shared_archive):
     return root, first
 
 
+@pytest.fixture
+def clean_project(built):
+    """The built project, put back as it was after the test."""
+    project, _ = built
+    yield project
+    run(["git", "reset", "-q", "--hard", "HEAD"], project)
+    run(["git", "clean", "-qfd", "-e", "data/"], project)
+    dvc("checkout", "--force", cwd=project)
+
+
 def encoded_records(
     n: int, max_len: int, vocab_size: int, min_len: int = 1, seed: int = 0
 ) -> np.ndarray:

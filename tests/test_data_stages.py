@@ -14,15 +14,24 @@ from zimdb.paths import ENCODED, ENCODING
 
 
 def test_labels_map_ints_and_strings_and_refuse_others():
-    labels = pa.array(["0", "1", "pos", "neg", "POS", "negative"])
+    labels = pa.array(["0", "1", "pos", "neg", "POS", " negative "])
     every = pa.array([True] * 6)
-    assert raw.IMDB.ids(labels, every, "src", 0).tolist() == [0, 1, 1, 0, 1, 0]
+    ids, skipped = raw.IMDB.ids(labels, every, "src", 0)
+    assert ids.tolist() == [0, 1, 1, 0, 1, 0] and not skipped.any()
     with pytest.raises(PipelineError, match=r"src: row 11 has the unknown label 'meh'; accepted"):
         raw.IMDB.ids(pa.array(["pos", "meh"]), pa.array([True, True]), "src", 10)
-    with pytest.raises(PipelineError, match="row 1 has the unknown label 2;"):
+    with pytest.raises(PipelineError, match="row 1 has the unknown label '2';"):
         raw.IMDB.ids(pa.array([0, 2]), pa.array([True, True]), "src", 0)
     # A row left out (no text) is not asked for its label.
-    assert raw.IMDB.ids(pa.array([0, 2]), pa.array([True, False]), "src", 0).tolist()[0] == 0
+    assert raw.IMDB.ids(pa.array([0, 2]), pa.array([True, False]), "src", 0)[0][0] == 0
+
+
+def test_ratings_map_to_classes_and_skipped_ones_are_marked():
+    stars = raw.Labels(("1", "2"), ("4", "5"), "accepted: stars", ("3",))
+    ids, skipped = stars.ids(pa.array([1, 2, 3, 4, 5]), pa.array([True] * 5), "src", 0)
+    assert ids[~skipped].tolist() == [0, 0, 1, 1] and skipped.tolist() == [0, 0, 1, 0, 0]
+    with pytest.raises(PipelineError, match="row 0 has the unknown label '6'; accepted: stars"):
+        stars.ids(pa.array([6]), pa.array([True]), "src", 0)
 
 
 def test_aclimdb_archive_to_raw_tables(workdir, capsys):

@@ -10,7 +10,6 @@ import time
 import typing
 
 import annotated_types
-import pytest
 import yaml
 
 from tests.conftest import (
@@ -33,15 +32,6 @@ from zimdb.paths import TRAIN_STATE
 STAGES = ["download", "clean", "vocab", "encode", "train", "evaluate", "baseline"]
 
 
-@pytest.fixture
-def clean_project(built):
-    project, _ = built
-    yield project
-    run(["git", "reset", "-q", "--hard", "HEAD"], project)
-    run(["git", "clean", "-qfd", "-e", "data/"], project)
-    dvc("checkout", "--force", cwd=project)
-
-
 def ran(result: subprocess.CompletedProcess) -> set[str]:
     return {s for s in STAGES if f"Running stage '{s}'" in result.stdout}
 
@@ -54,8 +44,8 @@ def changed_value(key: str, value):
         return next(c for c in typing.get_args(field.annotation) if c != value)
     if field.annotation is bool or value == "auto":  # bool | Literal["auto"] too
         return True if value == "auto" else not value
-    if isinstance(value, list):  # download.labels: the two classes swapped
-        return value[::-1]
+    if isinstance(value, list):  # download.labels: the two classes swapped; names: one more
+        return value[::-1] if len(value) > 1 else [*value, "changed"]
     if field.annotation is str:
         return value + "-changed"
     if field.annotation is float and any(isinstance(m, annotated_types.Lt) for m in field.metadata):

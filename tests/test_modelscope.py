@@ -147,14 +147,17 @@ def test_unsupervised_reviews_never_reach_the_raw_tables(workdir, fake_hub, caps
     assert "imdb (train): left out 1 review(s) with label -1" in capsys.readouterr().out
 
 
-def test_a_review_without_text_is_left_out_with_a_warning(workdir, fake_hub, capsys):
+def test_a_review_without_text_is_left_out_and_counted(workdir, fake_hub, capsys):
     """Never the string "None" (nor a null) in data/raw: which row, and how many, are told."""
     fake_hub.files["imdb.py"] = imdb_script(imdb_reviews(extra_train=((None, "pos"),))).encode()
     write_params(workdir)
     download.main()
     pd.testing.assert_frame_equal(pd.read_parquet("data/raw/train.parquet"), expected("train"))
     out = capsys.readouterr().out
-    assert "warning: imdb (train): left out 1 review(s) with no text (null), e.g. row 6\n" in out
+    assert (
+        "train: 6 reviews (3 negative, 3 positive); left out 1 with no text (the first: row 6)\n"
+        in out
+    )
 
 
 def test_label_names_not_their_order_decide_which_is_negative(workdir, fake_hub):

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import LSTM_CUSTOM, PLOTS, SMALL, TRAIN_PLOTS, dvc, run, write_params
+from tests.test_table_source import REVIEWS, write
 from zimdb import errors
 from zimdb import predict as predict_command
 
@@ -292,7 +293,7 @@ def test_predict_errors_are_one_line(built):
     )
     (root / "bad.csv").write_text("review\nfine\n")
     bad = predict(root, "--file", "bad.csv", check=False)
-    assert bad.returncode == 2 and "no `text` column (found review)" in bad.stderr
+    assert bad.returncode == 2 and "no column 'text', which --text-columns names" in bad.stderr
     (root / "data/model.pt").rename(root / "model.bak")
     try:
         untrained = predict(root, "hi", check=False)
@@ -344,13 +345,13 @@ def test_predict_reads_undecodable_argument_bytes_as_replacement_characters(buil
 
 BAD_INPUTS = {
     "binary.csv": (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "binary.csv: not UTF-8 text"),
-    "malformed.csv": (b'text,x\n"a,1\nb,2,3,4\n', "malformed.csv: not a readable CSV file"),
+    "malformed.csv": (b'text,x\n"a,1\nb,2,3,4\n', "malformed.csv: a row has 1 field where the"),
     "empty.csv": (b"", "empty.csv is empty"),
     "header.csv": (b"text\n", "header.csv holds no reviews"),
-    "fake.parquet": (b"text\nnot parquet\n", "fake.parquet: not a parquet file"),
+    "fake.parquet": (b"text\nnot parquet\n", "fake.parquet: not a readable Parquet file"),
     "binary.txt": (b"ok\n\x00\x01\x02\xff", "binary.txt: not text (it holds NUL bytes"),
     "latin1.txt": ("caf\u00e9".encode("latin-1"), "latin1.txt: not UTF-8 text"),
-    "reviews.xlsx": (b"PK", "reviews.xlsx: expected a .txt, .csv or .parquet file"),
+    "reviews.xlsx": (b"PK", "reviews.xlsx: expected a .txt file or a .csv, .tsv or .jsonl"),
 }
 
 
@@ -363,6 +364,19 @@ def test_predict_refuses_unreadable_files_in_one_line(built, name):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith(f"error: --file {message}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", [".tsv.gz", "parts"])
+def test_predict_reads_the_tables_download_reads_with_the_same_columns(built, kind):
+    """Amazon's reviews as distributed (no header row; label, title, text), compressed, or as a
+    folder of Parquet parts: the title and text scored as one review."""
+    root, _ = built
+    amazon = REVIEWS[["label", "title", "text"]]
+    write(amazon, root / f"reviews{kind}", header=False)
+    named = ["--column-names", "label", "title", "text"] if kind != "parts" else []
+    done = predict(root, "--file", f"reviews{kind}", "--text-columns", "title", "text", *named)
+    out = pd.read_csv(io.StringIO(done.stdout))
+    assert out.text.tolist() == [f"{t} {x}" for t, x in zip(amazon.title, amazon.text, strict=True)]
 
 
 @pytest.mark.parametrize(

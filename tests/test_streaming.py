@@ -19,6 +19,7 @@ import yaml
 
 from benchmarks.scale import measure
 from tests.conftest import ROOT, model_config
+from tests.test_table_source import write
 from zimdb.data.artifacts import ROWS
 from zimdb.data.encoding import read_encoding
 from zimdb.model.file import ModelFile
@@ -43,14 +44,7 @@ def reviews(n: int, seed: int) -> pd.DataFrame:
 def project(folder, n: int, suffix: str) -> None:
     folder.mkdir()
     for split, seed in (("train", 0), ("test", 1)):
-        df = reviews(n, seed)
-        path = folder / f"{split}{suffix}"
-        if suffix == ".csv":
-            df.to_csv(path, index=False)
-        elif suffix == ".jsonl":
-            df.to_json(path, orient="records", lines=True)
-        else:
-            df.to_parquet(path, index=False)
+        write(reviews(n, seed), folder / f"{split}{suffix}")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["download"] |= {
         "source": "table",
@@ -81,8 +75,9 @@ def growth(tmp_path, stages: list[str], suffix: str = ".parquet") -> dict[str, i
     return {stage: large - small for stage, (small, large) in peaks.items()}
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
-def test_download_streams_csv_and_json_lines(tmp_path, suffix):
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".tsv.gz", "parts"])
+def test_download_streams_every_format(tmp_path, suffix):
+    """CSV, JSON Lines, a compressed TSV and a folder of Parquet parts (Parquet files: below)."""
     grown = growth(tmp_path, ["download"], suffix)
     assert grown["download"] < BOUND, f"{grown['download'] / 2**20:.0f} MiB"
 

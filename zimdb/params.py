@@ -25,23 +25,57 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+Label = int | str
+Class = Label | list[Label]  # a label, or several (ratings: [1, 2] negative)
+
+
 class Download(Section):
     source: Literal["modelscope", "aclimdb", "table"]
     dataset: str
     archive: str
     train: str
     test: str
-    labels: list[int | str] = Field(
-        min_length=2, max_length=2, description="two different labels, negative then positive"
+    column_names: list[str] = Field(
+        description="a list of column names ([] where the file names them)"
     )
+    text_columns: list[str] = Field(min_length=1, description="a list of one or more column names")
+    label_column: str
+    labels: list[Class] = Field(
+        min_length=2,
+        max_length=2,
+        description="two classes, negative then positive, each a label or a list of labels",
+    )
+    skip_labels: list[Label] = Field(description="a list of labels ([] for none)")
     limit: int = Field(ge=0)
 
     @field_validator("labels")
     @classmethod
-    def _two_classes(cls, labels: list[int | str]) -> list[int | str]:
-        if len({str(label).lower() for label in labels}) < 2:
-            raise ValueError("the same label twice")
+    def _two_classes(cls, labels: list[Class]) -> list[Class]:
+        named = [_names(c) for c in labels]
+        if not all(named):
+            raise ValueError("a class with no label")
+        if set(named[0]) & set(named[1]):
+            raise ValueError("the same label in both classes")
         return labels
+
+    @field_validator("text_columns", "column_names")
+    @classmethod
+    def _once_each(cls, names: list[str]) -> list[str]:
+        if len(set(names)) < len(names):
+            raise ValueError("a column named twice")
+        return names
+
+    def classes(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The labels of each class as they are matched: strings, lowercase."""
+        negative, positive = (_names(c) for c in self.labels)
+        return negative, positive
+
+    def skipped(self) -> tuple[str, ...]:
+        return _names(self.skip_labels)
+
+
+def _names(labels: Class) -> tuple[str, ...]:
+    return tuple(str(v).strip().lower() for v in (labels if isinstance(labels, list) else [labels]))
 
 
 class Split(Section):

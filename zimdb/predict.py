@@ -1,8 +1,10 @@
 """Score reviews with the trained model: `uv run python -m zimdb.predict "Great film!"`.
 
-Texts come as arguments or from --file (.txt, one review per line; .csv or .parquet with a `text`
-column); text, label and probability (of positive) go to --output (.csv, .parquet or .jsonl, by
-its extension) or to stdout as CSV. The vocabulary and encode settings come from the model file
+Texts come as arguments or from --file: .txt, one review per line, or a table as download reads
+it (.csv, .tsv, .jsonl, each also .gz, .parquet or a folder of Parquet parts) whose text is in
+--text-columns (`text`; a CSV without a header names its columns with --column-names). Text,
+label and probability (of positive) go to --output (.csv, .parquet or .jsonl, by its extension)
+or to stdout as CSV. The vocabulary and encode settings come from the model file
 itself, so a review scores exactly as evaluate scored it, whatever params.yaml says now.
 `--model data/baseline.skops` scores with the baseline instead.
 """
@@ -17,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
+from zimdb.data import table
 from zimdb.data.artifacts import atomic_path
 from zimdb.errors import PipelineError, run
 from zimdb.model.device import resolve
@@ -34,35 +37,28 @@ WRITERS = {
 }
 
 
-def read_texts(path: Path) -> pd.Series:
-    """The reviews of a .txt, .csv or .parquet file; anything unreadable is a PipelineError."""
-    if path.suffix not in (".txt", ".csv", ".parquet"):
-        raise PipelineError(f"--file {path}: expected a .txt, .csv or .parquet file")
-    if not path.is_file():
+def read_texts(path: Path, columns: table.Columns) -> pd.Series:
+    """The reviews of a .txt file (one a line), or of any table download reads, its text in
+    `columns`; anything unreadable is a PipelineError."""
+    if path.suffix != ".txt" and table.suffix(path) is None:
+        raise PipelineError(f"--file {path}: expected a .txt file or a {table.FORMATS}")
+    if path.suffix != ".txt":
+        table.check(path, f"--file {path}", columns)
+        try:
+            texts = [batch.column("text") for batch in table.batches(path, columns)]
+        except PipelineError as e:
+            raise PipelineError(f"--file {e}") from None
+        texts = pa.chunked_array(texts, pa.large_string()).to_pandas()
+    elif not path.is_file():
         raise PipelineError(f"--file {path} does not exist")
-    try:
-        if path.suffix == ".txt":
-            data = path.read_bytes()
-            if b"\0" in data:
-                raise ValueError("it holds NUL bytes, so it is binary, not text")
+    else:
+        data = path.read_bytes()
+        if b"\0" in data:
+            raise PipelineError(f"--file {path}: not text (it holds NUL bytes, so it is binary)")
+        try:
             texts = pd.Series(lines(data.decode("utf-8")), dtype=object)
-        elif path.suffix == ".csv":
-            df = pd.read_csv(path, keep_default_na=False, dtype=str, encoding="utf-8")
-            texts = column(df, path)
-        else:
-            texts = column(pd.read_parquet(path), path).fillna("").astype(str)
-    except PipelineError:
-        raise
-    except UnicodeDecodeError as e:
-        raise PipelineError(f"--file {path}: not UTF-8 text (byte {e.start})") from None
-    except pd.errors.EmptyDataError:
-        raise PipelineError(f"--file {path} is empty") from None
-    except (ValueError, OSError, pa.ArrowException, pd.errors.ParserError) as e:
-        what = {".csv": "a readable CSV file", ".parquet": "a parquet file"}.get(
-            path.suffix, "text"
-        )
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PipelineError(f"--file {path}: not {what} ({reason})") from None
+        except UnicodeDecodeError as e:
+            raise PipelineError(f"--file {path}: not UTF-8 text (byte {e.start})") from None
     if texts.empty:
         raise PipelineError(f"--file {path} holds no reviews")
     return texts.reset_index(drop=True)
@@ -75,13 +71,6 @@ def lines(text: str) -> list[str]:
     if found[-1] == "":  # what follows the last line's newline
         found.pop()
     return [line.removesuffix("\r") for line in found]
-
-
-def column(df: pd.DataFrame, path: Path) -> pd.Series:
-    if "text" not in df.columns:
-        found = ", ".join(map(str, df.columns)) or "no columns"
-        raise PipelineError(f"--file {path}: no `text` column (found {found})")
-    return df["text"]
 
 
 def check_output(path: Path) -> None:
@@ -109,7 +98,26 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m zimdb.predict", description=__doc__.splitlines()[0]
     )
     parser.add_argument("texts", nargs="*", help="reviews to score")
-    parser.add_argument("--file", type=Path, help=".txt (one review per line), .csv or .parquet")
+    parser.add_argument(
+        "--file",
+        type=Path,
+        help=".txt (one review per line), or a table as download reads it: .csv, .tsv, .jsonl "
+        "(each also .gz), .parquet or a folder of .parquet parts",
+    )
+    parser.add_argument(
+        "--text-columns",
+        nargs="+",
+        default=["text"],
+        metavar="NAME",
+        help="a table's text: a column, or several joined with a space (default: text)",
+    )
+    parser.add_argument(
+        "--column-names",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="the columns of a CSV or TSV file without a header row",
+    )
     parser.add_argument(
         "--output", type=Path, help=".csv, .parquet or .jsonl (default: CSV on stdout)"
     )
@@ -132,7 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     # Python gives an argument's undecodable bytes as lone surrogates, which no output format
     # takes: they are read back as a UTF-8 decoder reads bad bytes, each a U+FFFD.
     given = [os.fsencode(t).decode("utf-8", "replace") for t in args.texts]
-    texts = read_texts(args.file) if args.file else pd.Series(given, dtype=object)
+    columns = table.Columns(
+        tuple(args.text_columns),
+        None,
+        tuple(args.column_names),
+        {"text": "--text-columns", "names": "--column-names"},
+    )
+    texts = read_texts(args.file, columns) if args.file else pd.Series(given, dtype=object)
     trained = files.load(args.model, resolve(args.device, "--device"))
     prob = probabilities(texts, trained, args.batch_size)
     result = pd.DataFrame({"text": texts, "label": labels(prob), "probability": prob})

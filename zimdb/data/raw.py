@@ -1,9 +1,10 @@
 """A split as the download stage writes it (data/raw): a source's reviews as batches of rows,
-their labels made 0 and 1, the limit's subset of them, and the checks that both classes are
-there; written a batch at a time."""
+their labels made 0 and 1, rows with no text or a skipped label left out and counted, the
+limit's subset of them, and the checks that both classes and some words are there; written a
+batch at a time."""
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,31 +12,39 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from zimdb.data import text
 from zimdb.data.artifacts import TableWriter
-from zimdb.data.table import ROWS
+from zimdb.data.table import ROWS, quoted
 from zimdb.errors import PipelineError
 
 
 @dataclass(frozen=True)
 class Labels:
-    """A source's names of the two classes, matched case-insensitively as strings."""
+    """A source's values of each class, and those whose rows are left out, matched as strings
+    whatever their case and surrounding spaces."""
 
     negative: tuple[str, ...]
     positive: tuple[str, ...]
     accepted: str  # what an error says is accepted
+    skipped: tuple[str, ...] = ()
 
-    def ids(self, labels: pa.Array, wanted: pa.Array, where: str, first_row: int) -> np.ndarray:
-        """0 or 1 for every label; where `wanted`, one of neither class is a PipelineError that
-        names its row, counted from `first_row`."""
-        names = [*self.negative, *self.positive]
-        found = pc.index_in(pc.utf8_lower(labels.cast(pa.string())), value_set=pa.array(names))
-        unknown = pc.and_(pc.is_null(found), wanted)
-        if pc.any(unknown).as_py():
-            row = pc.index(unknown, True).as_py()
+    def ids(
+        self, labels: pa.Array, wanted: pa.Array, where: str, first_row: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """0 or 1 for every label, and which labels are skipped ones; where `wanted`, a label of
+        neither class nor skipped is a PipelineError that names its row, counted from
+        `first_row`."""
+        names = [*self.negative, *self.positive, *self.skipped]
+        said = pc.utf8_lower(pc.utf8_trim_whitespace(labels.cast(pa.string())))
+        found = pc.fill_null(pc.index_in(said, value_set=pa.array(names)), -1).to_numpy()
+        unknown = (found < 0) & wanted.to_numpy(zero_copy_only=False)
+        if unknown.any():
+            row = int(unknown.argmax())
             bad = labels[row].as_py()
-            what = "has no label" if bad is None else f"has the unknown label {bad!r}"
+            what = "has no label" if bad is None else f"has the unknown label {quoted(bad)!r}"
             raise PipelineError(f"{where}: row {first_row + row} {what}; {self.accepted}")
-        return (pc.fill_null(found, 0).to_numpy() >= len(self.negative)).astype(np.int64)
+        classes = len(self.negative) + len(self.positive)
+        return (found >= len(self.negative)).astype(np.int64), found >= classes
 
 
 IMDB = Labels(
@@ -76,47 +85,73 @@ def subset(labels: np.ndarray, limit: int) -> np.ndarray | None:
     return keep
 
 
-def reviews(split: Split) -> Iterator[tuple[pa.Table, int, int]]:
-    """Each batch's reviews with text, labelled 0/1; how many rows had no text (null), and the
-    first of them (a row number of the whole split) or -1."""
+@dataclass
+class Counted:
+    """What download kept of a split, per class, and what it left out."""
+
+    classes: np.ndarray = field(default_factory=lambda: np.zeros(2, dtype=np.int64))
+    no_text: int = 0  # null, empty or only spaces
+    first_no_text: int = -1  # its first row, or -1
+    skipped: int = 0  # of a label in Labels.skipped
+
+    def __str__(self) -> str:
+        negative, positive = self.classes
+        said = f"{negative + positive} reviews ({negative} negative, {positive} positive)"
+        left = []
+        if self.skipped:
+            left.append(f"{self.skipped} of a skipped label")
+        if self.no_text:
+            left.append(f"{self.no_text} with no text (the first: row {self.first_no_text})")
+        return said + (f"; left out {', '.join(left)}" if left else "")
+
+
+def reviews(split: Split, counted: Counted) -> Iterator[pa.Table]:
+    """Each batch's reviews, labelled 0/1: those with text (not null, empty or only spaces) and
+    of neither skipped label, which are counted in `counted`."""
     row = 0
     for batch in split.batches():
-        has_text = pc.is_valid(batch.column("text"))
-        ids = split.labels.ids(batch.column("label"), has_text, split.where, row)
+        has_text = pc.invert(text.blank(batch.column("text")))
+        ids, skipped = split.labels.ids(batch.column("label"), has_text, split.where, row)
+        keep = has_text.to_numpy(zero_copy_only=False) & ~skipped
+        no_text = len(batch) - int(pc.sum(has_text).as_py() or 0)
+        if no_text and counted.first_no_text < 0:
+            counted.first_no_text = row + pc.index(has_text, False).as_py()
+        counted.no_text += no_text
+        counted.skipped += int((skipped & has_text.to_numpy(zero_copy_only=False)).sum())
         rows = pa.Table.from_batches([batch])
         rows = rows.set_column(rows.schema.get_field_index("label"), "label", pa.array(ids))
         rows = rows.set_column(0, "text", rows.column("text").cast(pa.large_string()))
-        no_text = len(batch) - pc.sum(has_text).as_py() if len(batch) else 0
-        first = row + pc.index(has_text, False).as_py() if no_text else -1
-        yield rows.filter(has_text), no_text, first
+        yield rows.filter(pa.array(keep))
         row += len(batch)
 
 
-def write(split: Split, limit: int, path: Path) -> np.ndarray:
-    """`split`'s reviews with text, at most `limit` (0: all), to `path`; their count per label.
-    Reviews without text are left out with a warning: nothing to learn from or score."""
+def write(split: Split, limit: int, path: Path) -> Counted:
+    """`split`'s reviews, at most `limit` (0: all), to `path`; what was kept and left out.
+    Reviews without text or of a skipped label are left out: nothing to learn from or score.
+    A split with no review, with one class only, or with no word in any review is refused."""
     keep = None
     if limit:  # a first pass, over the labels alone: which rows the limit keeps
-        labels = [rows.column("label").to_numpy() for rows, _, _ in reviews(split)]
+        labels = [rows.column("label").to_numpy() for rows in reviews(split, Counted())]
         keep = subset(np.concatenate(labels or [[]]).astype(np.int64), limit)
-    counts, kept, no_text, first = np.zeros(2, dtype=np.int64), 0, 0, -1
+    counted, kept, worded = Counted(), 0, False
     with TableWriter(path) as out:
-        for rows, dropped, at in reviews(split):
-            no_text, first = no_text + dropped, first if first >= 0 else at
+        for rows in reviews(split, counted):
             if keep is not None:
                 kept, rows = kept + len(rows), rows.filter(keep[kept : kept + len(rows)])
             out.write(rows)
-            counts += np.bincount(rows.column("label").to_numpy(), minlength=2)
-    if no_text:
-        print(
-            f"warning: {split.where}: left out {no_text} review(s) with no text (null), e.g. row {first}"
-        )
-    if not counts.sum():
-        raise PipelineError(f"{split.where}: holds no reviews")
-    if not counts.all():
-        name = "negative" if counts[0] else "positive"
+            counted.classes += np.bincount(rows.column("label").to_numpy(), minlength=2)
+            worded = worded or text.any_words(rows.column("text"))
+    if not counted.classes.sum():
+        raise PipelineError(f"{split.where}: holds no reviews ({counted})")
+    if not counted.classes.all():
+        name = "negative" if counted.classes[0] else "positive"
         after = f" left after download.limit={limit}" if limit else ""
         raise PipelineError(
             f"{split.where}: every review{after} is {name}; both classes are needed"
         )
-    return counts
+    if not worded:
+        raise PipelineError(
+            f"{split.where}: no review holds a word (letters, once HTML tags are taken out): "
+            "nothing to learn from or score"
+        )
+    return counted

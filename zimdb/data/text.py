@@ -13,7 +13,8 @@ PAD, UNK = 0, 1
 SPECIALS = ["<pad>", "<unk>"]
 
 _TAG = r"<[^>]*>"
-_NOT_WORD = r"[^A-Za-z']+"  # the original rule: keep ASCII letters and apostrophes
+_KEPT = "A-Za-z'"  # the original rule: keep ASCII letters and apostrophes
+_NOT_WORD = f"[^{_KEPT}]+"
 
 
 # Arrow's regex kernels release the GIL, so the chunks of one call are cleaned on all cores at
@@ -58,6 +59,19 @@ def clean(texts: pd.Series) -> pd.Series:
     else:
         cleaned = _clean_chunk(arr)
     return pd.Series(cleaned, index=texts.index, dtype="str")
+
+
+def blank(texts: pa.Array) -> pa.Array:
+    """Where a review has no text: null, empty or only spaces, whatever the file's format (a
+    CSV's missing value is empty, Parquet's and JSON's null)."""
+    filled = pc.fill_null(texts, "")
+    return pc.or_(pc.equal(filled, ""), pc.utf8_is_space(filled))
+
+
+def any_words(texts: pa.Array) -> bool:
+    """Whether any of `texts` keeps a word once cleaned."""
+    untagged = pc.replace_substring_regex(texts, _TAG, " ")
+    return bool(pc.any(pc.match_substring_regex(untagged, f"[{_KEPT}]")).as_py())
 
 
 def _split(cleaned: pd.Series) -> pa.ListArray:
