@@ -35,7 +35,8 @@ def prepare(device: torch.device) -> None:
 
     An LSTM whose gradients fade, as they do with the forget gates' bias at PyTorch's 0,
     otherwise spends its backward on denormals: 3,077 against 228 ms a step on an Intel Xeon
-    (docs/benchmarks.md). Threads started afterwards, as torch's own are, inherit the setting."""
+    (docs/history/benchmarks.md). Threads started afterwards, as torch's own are, inherit the
+    setting."""
     if device.type != "cpu":
         return
     torch.set_flush_denormal(True)
