@@ -16,8 +16,8 @@ epoch; the stage's Stepper and all_sum) with params.yaml's train section:
    resident data and model (max_memory_allocated) and its time, on and off;
 7. two data-parallel processes on the one device over gloo, through DDP and all_sum.
 
-Its time budget, and what to expect on an H100/H200: docs/benchmarks.md, "The GPU check". It
-reads data/encoded (after `dvc repro encode`, or carried to the GPU machine) or makes reviews of
+How long it takes, and what to expect on an H100/H200: docs/benchmarks.md, "The GPU check". It
+reads data/encoded (after `dvc repro encode`, or copied to the GPU machine) or makes reviews of
 IMDB's lengths at random, and says which.
 Exits 1 if a check fails. `--device cpu` runs the same code on a CPU (bf16 with an enabled
 scaler in place of fp16), as the rehearsal and the test suite do (with `--small`: a small model

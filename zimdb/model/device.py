@@ -24,7 +24,7 @@ def resolve(name: str, where: str) -> torch.device:
 # Linux's glibc serves every allocation over 32 MiB (an LSTM's activations for a batch, 65 MiB
 # of gates at the defaults) with a fresh mmap and gives it back on free, so every training step
 # faults its activations in again: 130,000 minor faults a second, a quarter of the step time on a
-# 2-core AMD EPYC (issue 26). Kept on the heap instead, and the heap kept, they are reused.
+# 2-core AMD EPYC (Zen 3, fp32). Kept on the heap instead, and the heap kept, they are reused.
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameters, from glibc's malloc.h
 TRIM_THRESHOLD = 1 << 30  # bytes free at the heap's top before it is given back to the system
 
@@ -35,7 +35,8 @@ def prepare(device: torch.device) -> None:
 
     An LSTM whose gradients fade, as they do with the forget gates' bias at PyTorch's 0,
     otherwise spends its backward on denormals: 3,077 against 228 ms a step on an Intel Xeon
-    (docs/benchmarks.md). Threads started afterwards, as torch's own are, inherit the setting."""
+    (docs/history/benchmarks.md). Threads started afterwards, as torch's own are, inherit the
+    setting."""
     if device.type != "cpu":
         return
     torch.set_flush_denormal(True)

@@ -17,7 +17,7 @@ from zimdb.errors import PipelineError
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Each measured faster than fp32 on the project's machines: on an Intel Xeon with AMX-BF16 a
 # default epoch took 32 s against 62, on an AMD EPYC with AVX512-BF16 (no AMX) 1.6-1.7x fewer
-# seconds per training step (docs/benchmarks.md).
+# seconds per training step (docs/history/benchmarks.md, runs 8-11).
 CPU_BF16 = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
 
 

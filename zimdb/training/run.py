@@ -181,7 +181,7 @@ def train_windows(run: Run, train: Encoded, windows: list[Window], number: int) 
     first_bad = torch.zeros((), device=device, dtype=torch.long)  # 0: every step finite so far
     desc = f"epoch {number}/{run.p.epochs}"
     # On a terminal only (tqdm's None): in a log, a queued experiment's or the GPU check's, its
-    # frames would be thousands of lines (the device tool returns only the last 12,000 characters).
+    # frames would be thousands of lines, and the log's last lines frames instead of the figures.
     hidden = None if run.group.is_main else True
     bar = tqdm(windows, desc=desc, unit="step", disable=hidden, file=sys.stderr)
     for step, window in enumerate(bar, 1):
