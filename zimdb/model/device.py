@@ -2,10 +2,10 @@
 a run's utilisation is read against."""
 
 import ctypes
-import os
 import platform
 import time
 
+import psutil
 import torch
 
 from zimdb.errors import PipelineError
@@ -50,12 +50,7 @@ def free_memory(device: torch.device) -> int:
     """Bytes the device has free now: a GPU's, or the memory the system has available."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            available = next(line for line in f if line.startswith("MemAvailable:"))
-        return int(available.split()[1]) * 1024
-    except (OSError, StopIteration):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return psutil.virtual_memory().available
 
 
 # Dense peak FLOP/s of common GPUs (vendor datasheets, without sparsity): fp16/bf16 tensor cores
