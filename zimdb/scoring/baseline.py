@@ -45,6 +45,7 @@ BUCKET = 16_384  # train reviews shuffled together for gradient descent
 # loop); a batch of at least this many reviews is split across processes, one a core: IMDB's
 # 25,000 test reviews took 3.0 s in one process and 1.7 s in two on a 2-core AMD EPYC.
 SPLIT_FROM = 2_000
+PROCESSES = os.cpu_count() or 1  # of hashing_pool(), a core each
 
 
 def hashing_pool() -> ProcessPoolExecutor | contextlib.nullcontext:
@@ -54,7 +55,7 @@ def hashing_pool() -> ProcessPoolExecutor | contextlib.nullcontext:
     dvclive). Fork is Linux's alone here; elsewhere, none (a null context)."""
     if sys.platform != "linux" or threading.active_count() > 1:
         return contextlib.nullcontext()
-    pool = ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(PROCESSES, mp_context=multiprocessing.get_context("fork"))
     pool.submit(int)  # forks them all, before the executor starts its own threads
     return pool
 
@@ -127,7 +128,7 @@ class Baseline:
         texts, vectorizer = list(cleaned), self.pipeline[0]
         if self.pool is None or len(texts) < SPLIT_FROM:
             return vectorizer.transform(texts)
-        parts = np.array_split(np.arange(len(texts)), self.pool._max_workers)
+        parts = np.array_split(np.arange(len(texts)), PROCESSES)
         pieces = [texts[part[0] : part[-1] + 1] for part in parts if len(part)]
         return sp.vstack(list(self.pool.map(vectorizer.transform, pieces)), format="csr")
 
