@@ -95,11 +95,10 @@ def probe_train(steps: int) -> None:
     Saves the model those steps made, for evaluate to score."""
     import numpy as np
 
-    from stages import train as stage
     from zimdb import params
     from zimdb.model.file import ModelFile
     from zimdb.paths import ENCODED, MODEL
-    from zimdb.training.run import train_windows, windows
+    from zimdb.training import run as training
 
     def memory() -> dict[str, int]:
         status = Path("/proc/self/status").read_text().splitlines()
@@ -111,15 +110,15 @@ def probe_train(steps: int) -> None:
 
     p = params.load("train")
     start = time.perf_counter()
-    run, train, _, encoding = stage.start(p)
+    run, train, _, encoding = training.start(p)
     setup = time.perf_counter() - start
     start = time.perf_counter()
-    mine = windows(run, train, np.random.default_rng(p.seed))
+    mine = training.windows(run, train, np.random.default_rng(p.seed))
     order = time.perf_counter() - start
-    train_windows(run, train, mine[:10], 1)
+    training.train_windows(run, train, mine[:10], 1)
     timed = mine[10 : 10 + steps]
     start = time.perf_counter()
-    samples = train_windows(run, train, timed, 1)[2].item()
+    samples = training.train_windows(run, train, timed, 1)[2].item()
     seconds = time.perf_counter() - start
     after_steps = memory()
     start = time.perf_counter()

@@ -7,33 +7,21 @@ saved after every epoch, and the run is data-parallel when train.nproc_per_node 
 started by torchrun. Writes data/model.pt and the curves under dvclive/train.
 """
 
-import math
-import sys
-
 import numpy as np
-import torch
 from dvclive import Live
 
 from zimdb import errors, params
-from zimdb.data.artifacts import open_encoded
-from zimdb.data.encoding import Encoding, read_encoding
-from zimdb.errors import PipelineError
 from zimdb.imports import ROOT, project_files
-from zimdb.model.batches import Encoded
-from zimdb.model.device import prepare, resolve
 from zimdb.model.file import ModelFile
-from zimdb.model.precision import for_training
-from zimdb.paths import ENCODED, ENCODING, MODEL, TRAIN_LIVE
+from zimdb.paths import ENCODING, MODEL, TRAIN_LIVE
 from zimdb.training import distributed
-from zimdb.training.run import Run, assemble, epoch
+from zimdb.training.run import TRAINED_ON, Run, epoch, start
 from zimdb.training.state import TrainState, fingerprint, identity
-
-TRAINED_ON = (ENCODED / "train.npy", ENCODED / "val.npy")  # what it reads besides ENCODING
 
 
 def main() -> None:
     p = params.load("train")
-    run, train, val, encoding = start(p)
+    run, train, val, encoding = start(p, relaunch_as="stages.train")
     group, state, number = run.group, None, 0
     try:
         with distributed.stoppable(group):
@@ -81,55 +69,6 @@ def resumed(p: params.Train, run: Run) -> TrainState:
     )
     state.restore(p.epochs, run.device, run.group)
     return state
-
-
-def start(p: params.Train) -> tuple[Run, Encoded, Encoded, Encoding]:
-    """The run, its data on its device, and how the data was encoded; in this process's place
-    among torchrun's when the run is data-parallel."""
-    device = resolve(p.device, "params.yaml: train.device")
-    precision = for_training(p.precision, device, "params.yaml: train.precision")
-    # Read and checked before any relaunch, so a mistake is one line, not one per process.
-    encoding = read_encoding(ENCODING)
-    size, width = len(encoding.vocab), encoding.max_len
-    records = [open_encoded(path, size, width) for path in TRAINED_ON]  # memory maps
-    check_batches(len(records[0]), p, p.nproc_per_node, "train.nproc_per_node=")
-    if device.type == "cuda" and p.nproc_per_node > torch.cuda.device_count():
-        raise PipelineError(
-            f"params.yaml: train.nproc_per_node={p.nproc_per_node} but only "
-            f"{torch.cuda.device_count()} CUDA GPU(s) are visible"
-        )
-    if p.nproc_per_node > 1 and not distributed.launched_by_torchrun():
-        sys.exit(distributed.relaunch("stages.train", p.nproc_per_node))
-    group = distributed.init(device.type)
-    check_batches(len(records[0]), p, group.world_size, "torchrun's WORLD_SIZE=")
-    if device.type == "cuda":
-        device = torch.device("cuda", group.local_rank)
-    prepare(device)
-    train, val = (Encoded.from_records(r, device) for r in records)
-    run = assemble(p, train, encoding, precision, group)
-    if group.is_main:
-        if run.precision.warning:
-            print(run.precision.warning, file=sys.stderr)
-        peak = f"; peak {run.peak / 1e9:.0f} GFLOP/s" if run.peak else ""
-        measured = " (a square matmul, measured now and after each epoch)"
-        print(
-            f"precision {run.precision.name} ({run.precision.why}); device {device} x "
-            f"{group.world_size}; gradient checkpointing "
-            f"{'on' if run.model.grad_checkpointing else 'off'} ({run.checkpointing})"
-            + peak
-            + (measured if peak and device.type == "cpu" else "")
-        )
-    return run, train, val, encoding
-
-
-def check_batches(reviews: int, p: params.Train, processes: int, setting: str) -> None:
-    """Every process needs a batch of its own: with none, it would make no optimizer step, and
-    its learning-rate schedule would divide by zero steps. `setting` names who set `processes`."""
-    if math.ceil(reviews / p.batch_size) < processes:
-        raise PipelineError(
-            f"params.yaml: {reviews} train reviews in batches of train.batch_size={p.batch_size} "
-            f"are too few for {setting}{processes} processes"
-        )
 
 
 def headline(state: TrainState) -> dict:

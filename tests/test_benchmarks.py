@@ -17,6 +17,7 @@ from tests.conftest import ROOT, encoded_records, git_init, python_env, write_pa
 from zimdb.data.encoding import Encoding, write_encoding
 from zimdb.model.batches import Encoded
 from zimdb.paths import ENCODED, ENCODING
+from zimdb.training import run as training
 
 # What makes a training run: only zimdb.training.run.assemble may put these together.
 RUN_PARTS = {
@@ -59,6 +60,22 @@ def test_the_benchmarks_build_nothing_of_the_run_themselves():
                 assert node.attr != "grad_checkpointing", f"{path.name}: sets checkpointing"
 
 
+def test_no_script_imports_a_stage_script():
+    """A stage script is an entry point: what a stage shares with the benchmarks, the service
+    or another stage lives in zimdb/."""
+    for folder in ("benchmarks", "zimdb", "stages", "docs", "plots"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                assert not any(n.split(".")[0] == "stages" for n in names), path
+
+
 def signature(run) -> dict:
     """What defines a run's model and step, to compare two runs by."""
     stepper, optimizer = run.stepper, run.stepper.optimizer
@@ -89,11 +106,11 @@ def test_the_benchmarks_run_the_model_and_step_the_stage_runs(tmp_path, monkeypa
         pass
 
     def assembled(*args, **kwargs):
-        built.append(train_stage.assemble.__wrapped__(*args, **kwargs))
+        built.append(training.assemble.__wrapped__(*args, **kwargs))
         raise Built
 
-    assembled.__wrapped__ = train_stage.assemble
-    monkeypatch.setattr(train_stage, "assemble", assembled)
+    assembled.__wrapped__ = training.assemble
+    monkeypatch.setattr(training, "assemble", assembled)
     with contextlib.chdir(tmp_path), pytest.raises(Built):
         train_stage.main()
     (stage,) = built

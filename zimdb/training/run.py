@@ -1,8 +1,10 @@
 """A training run, put together once, and its epoch: what the train stage runs, and what the
 benchmarks and the GPU check time and check (they build nothing of the run themselves).
 
-assemble() builds the model from params, decides gradient checkpointing and loss scaling, and
-makes the optimizer, the learning-rate schedule and the Stepper; windows() deals an epoch's
+start() reads the encoded splits and checks them, takes this process's place among torchrun's
+when the run is data-parallel, and assembles the run there: assemble() builds the model from
+params, decides gradient checkpointing and loss scaling, and makes the optimizer, the
+learning-rate schedule and the Stepper; windows() deals an epoch's
 batches to this process in windows of train.grad_accum_steps; epoch() trains on them,
 validates and returns the epoch's metrics, summed over all processes.
 """
@@ -19,17 +21,20 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from zimdb.data.encoding import Encoding
+from zimdb.data.artifacts import open_encoded
+from zimdb.data.encoding import Encoding, read_encoding
 from zimdb.errors import PipelineError
 from zimdb.model.batches import Encoded, batch_indices
-from zimdb.model.device import free_memory, peak_flops
+from zimdb.model.device import free_memory, peak_flops, prepare, resolve
 from zimdb.model.inference import logits
 from zimdb.model.lstm import ModelConfig, SentimentLSTM
-from zimdb.model.precision import Precision
+from zimdb.model.precision import Precision, for_training
 from zimdb.params import Train
+from zimdb.paths import ENCODED, ENCODING
 from zimdb.training import distributed
 from zimdb.training.step import Stepper, lr_factor
 
+TRAINED_ON = (ENCODED / "train.npy", ENCODED / "val.npy")  # what it reads besides ENCODING
 LOG_EVERY = 20  # optimizer steps between looks at the loss: each look waits for the device
 # Checkpointing recomputes a forward pass in backward (1.3-1.8x the step): `auto` turns it on
 # only where a full batch's activations would take more than this share of the free memory.
@@ -241,3 +246,54 @@ def epoch(run: Run, train: Encoded, val: Encoded, rng: np.random.Generator, numb
             f"val loss is {metrics['val/loss']} after epoch {number}; lower train.lr"
         )
     return metrics
+
+
+def start(p: Train, relaunch_as: str | None = None) -> tuple[Run, Encoded, Encoded, Encoding]:
+    """The run, its data on its device, and how the data was encoded; in this process's place
+    among torchrun's when the run is data-parallel. With `relaunch_as` (a module), a process
+    torchrun did not start, asked for train.nproc_per_node > 1, runs the module as that many
+    under torchrun instead, and exits with its code."""
+    device = resolve(p.device, "params.yaml: train.device")
+    precision = for_training(p.precision, device, "params.yaml: train.precision")
+    # Read and checked before any relaunch, so a mistake is one line, not one per process.
+    encoding = read_encoding(ENCODING)
+    size, width = len(encoding.vocab), encoding.max_len
+    records = [open_encoded(path, size, width) for path in TRAINED_ON]  # memory maps
+    check_batches(len(records[0]), p, p.nproc_per_node, "train.nproc_per_node=")
+    if device.type == "cuda" and p.nproc_per_node > torch.cuda.device_count():
+        raise PipelineError(
+            f"params.yaml: train.nproc_per_node={p.nproc_per_node} but only "
+            f"{torch.cuda.device_count()} CUDA GPU(s) are visible"
+        )
+    if relaunch_as and p.nproc_per_node > 1 and not distributed.launched_by_torchrun():
+        sys.exit(distributed.relaunch(relaunch_as, p.nproc_per_node))
+    group = distributed.init(device.type)
+    check_batches(len(records[0]), p, group.world_size, "torchrun's WORLD_SIZE=")
+    if device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)
+    prepare(device)
+    train, val = (Encoded.from_records(r, device) for r in records)
+    run = assemble(p, train, encoding, precision, group)
+    if group.is_main:
+        if run.precision.warning:
+            print(run.precision.warning, file=sys.stderr)
+        peak = f"; peak {run.peak / 1e9:.0f} GFLOP/s" if run.peak else ""
+        measured = " (a square matmul, measured now and after each epoch)"
+        print(
+            f"precision {run.precision.name} ({run.precision.why}); device {device} x "
+            f"{group.world_size}; gradient checkpointing "
+            f"{'on' if run.model.grad_checkpointing else 'off'} ({run.checkpointing})"
+            + peak
+            + (measured if peak and device.type == "cpu" else "")
+        )
+    return run, train, val, encoding
+
+
+def check_batches(reviews: int, p: Train, processes: int, setting: str) -> None:
+    """Every process needs a batch of its own: with none, it would make no optimizer step, and
+    its learning-rate schedule would divide by zero steps. `setting` names who set `processes`."""
+    if math.ceil(reviews / p.batch_size) < processes:
+        raise PipelineError(
+            f"params.yaml: {reviews} train reviews in batches of train.batch_size={p.batch_size} "
+            f"are too few for {setting}{processes} processes"
+        )
