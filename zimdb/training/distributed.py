@@ -2,6 +2,14 @@
 
 With train.nproc_per_node > 1 the train stage relaunches itself under torchrun on this machine;
 for several machines, start torchrun yourself (see the README) and the stage joins its group.
+
+Each attempt's group gets a store of its own (attempt_store) rather than torch's own
+TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, whose fresh store each round is served by rank 0 and ends
+with it: tried in its place at 39ca827, it held restarts (benchmarks.lost_worker --runs 20
+--seed 5: 20 of 20, each model bit for bit), two nodes and rank 0 away from the rendezvous host,
+but with no store outliving the workers the survivors of a lost rank could not tell one another
+they were alive, and every group of three or four named the wrong ranks (tests/test_nodes.py,
+test_in_a_larger_group_the_survivors_name_the_lost_rank: 3 of 3 failed).
 """
 
 import contextlib
