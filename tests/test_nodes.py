@@ -40,13 +40,15 @@ KILL_AT = 12 + 5  # rank 1's optimizer step mid-way through epoch 2
 TIMEOUT = 10  # seconds a collective waits for a silent process here (ZIMDB_GROUP_TIMEOUT)
 
 
-def readme_command(port: int, processes: int = 1, restarts: int | None = None) -> list[str]:
+def readme_command(
+    port: int, processes: int = 1, restarts: int | None = None, host: str = "127.0.0.1"
+) -> list[str]:
     """The README's multi-node torchrun command, with this test's sizes: one process a node,
-    the rendezvous on 127.0.0.1:`port`, and `restarts` where given."""
+    the rendezvous on `host`:`port`, and `restarts` where given."""
     readme = (ROOT / "README.md").read_text()
     line = re.search(r"uv run torchrun --nnodes=2(?:[^\n\\]|\\\n)*", readme)[0]
     args = shlex.split(line.replace("\\\n", " "))[3:]  # less `uv run torchrun`
-    sized = {"--nproc_per_node": str(processes), "--rdzv_endpoint": f"127.0.0.1:{port}"}
+    sized = {"--nproc_per_node": str(processes), "--rdzv_endpoint": f"{host}:{port}"}
     if restarts is not None:
         sized["--max-restarts"] = str(restarts)
     out = []
@@ -161,6 +163,61 @@ def test_two_nodes_write_the_model_one_node_of_two_processes_writes(
     for node in nodes:  # each node's first process writes the node's model and curves
         assert same_model(node, uninterrupted), node
         assert (node / "dvclive/train/metrics.json").exists()
+
+
+@pytest.fixture
+def two_hosts():
+    """Two hosts on this machine: network namespaces joined by a veth pair, the first at
+    10.231.0.2 and the second at 10.231.0.1; for each, the prefix that runs a command there
+    (`[*prefix, *cmd]`), its address and its interface. Skipped where namespaces cannot be
+    made (not root, or no iproute2)."""
+    names = [f"zimdb{os.getpid()}{side}" for side in "ab"]
+    made = []
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    try:
+        for name in names:
+            ip("netns", "add", name)
+            made.append(name)
+        ip("link", "add", f"{names[0]}v", "type", "veth", "peer", "name", f"{names[1]}v")
+        for name, address in zip(names, ("10.231.0.2", "10.231.0.1"), strict=True):
+            ip("link", "set", f"{name}v", "netns", name)
+            ip("-n", name, "addr", "add", f"{address}/24", "dev", f"{name}v")
+            ip("-n", name, "link", "set", f"{name}v", "up")
+            ip("-n", name, "link", "set", "lo", "up")
+    except (OSError, subprocess.CalledProcessError) as e:
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        pytest.skip(f"no network namespaces here: {getattr(e, 'stderr', b'') or e}")
+    yield [
+        (["ip", "netns", "exec", name], address, f"{name}v")
+        for name, address in zip(names, ("10.231.0.2", "10.231.0.1"), strict=True)
+    ]
+    for name in names:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_rank_0_on_another_host_than_the_rendezvous(tmp_path, uninterrupted, two_hosts):
+    """The rendezvous on the first host; the second, whose address sorts first, gets rank 0
+    (torchrun ranks nodes by their address): the group's store is served from there. Each host
+    names its address (--local-addr) and the interface gloo is to use (GLOO_SOCKET_IFNAME), and
+    the first says it hosts the rendezvous: torchrun and gloo would find both from the host
+    name, which names neither namespace's address here."""
+    nodes = [workdir(tmp_path, name, n_train=REVIEWS, **NODE) for name in ("a", "b")]
+    cmd = readme_command(29500, host="10.231.0.2")
+    procs = []
+    for (prefix, address, interface), node, hosts in zip(two_hosts, nodes, ("1", "0"), strict=True):
+        named = [f"--local-addr={address}", f"--rdzv_conf=is_host={hosts}"]
+        procs.append(
+            start([*prefix, *cmd[:3], *named, *cmd[3:]], node, GLOO_SOCKET_IFNAME=interface)
+        )
+    results = finish(procs)
+    assert [code for code, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
+    assert "device cpu x 2" in results[1][1] and "device cpu x 2" not in results[0][1]
+    for node in nodes:
+        assert same_model(node, uninterrupted), node
 
 
 def test_a_node_with_other_data_is_refused_in_one_line(tmp_path, free_port):
