@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from zimdb.data import table
@@ -45,7 +46,7 @@ def read_texts(path: Path, columns: table.Columns) -> pd.Series:
     if path.suffix != ".txt":
         table.check(path, f"--file {path}", columns)
         try:
-            texts = [batch.column("text") for batch in table.batches(path, columns)]
+            texts = [pc.fill_null(b.column("text"), "") for b in table.batches(path, columns)]
         except PipelineError as e:
             raise PipelineError(f"--file {e}") from None
         texts = pa.chunked_array(texts, pa.large_string()).to_pandas()

@@ -124,7 +124,7 @@ def batches(path: Path, columns: Columns) -> Iterator[pa.RecordBatch]:
         else:
             rows = _parquet(path, columns)
         for batch in rows:
-            yield _review(batch, columns, path)
+            yield _review(batch, columns, path, validate=kind == ".jsonl")
     except UnicodeDecodeError as e:
         raise _not_utf8(path, quoted(str(e))) from None
     except (pa.ArrowException, OSError) as e:
@@ -281,9 +281,11 @@ def _check_columns(path: Path, found: list[str], columns: Columns) -> None:
         raise PipelineError(f"{path}: no column {name!r}{named} (found {quoted(shown)}){hint}")
 
 
-def _review(batch: pa.RecordBatch, columns: Columns, path: Path) -> pa.RecordBatch:
-    """`text`, the text columns joined with a space, and `label` where wanted; a column of
-    lists, maps or structs is refused."""
+def _review(batch: pa.RecordBatch, columns: Columns, path: Path, validate: bool) -> pa.RecordBatch:
+    """`text`, the text column, or the text columns joined with a space, and `label` where
+    wanted; a column of lists, maps or structs is refused. With `validate`, text that is not
+    UTF-8 is refused too: JSON's reader lets such bytes through, where CSV's conversion and
+    Parquet's strings do not."""
     for name in columns.wanted:
         kind = batch.schema.field(name).type
         if pa.types.is_nested(kind):
@@ -291,18 +293,20 @@ def _review(batch: pa.RecordBatch, columns: Columns, path: Path) -> pa.RecordBat
                 f"{path}: column {name!r} holds {kind}, not one plain value (a number or a "
                 "string) per row"
             )
-    parts = []
-    for name in columns.text:
-        part = batch.column(name).cast(pa.large_string())
-        part.validate(full=True)  # JSON's reader lets bytes that are not UTF-8 through
-        parts.append(pc.fill_null(part, ""))
-    # Joined from parts with no nulls: with null_handling="skip", Arrow drops the rows whose
-    # parts are all null from the result, shifting every row after them. The separators of
-    # missing or empty parts are trimmed; a row with no part is then empty, which
-    # zimdb.data.text.blank tells.
-    text = pc.binary_join_element_wise(*parts, pa.scalar(" ", pa.large_string()))
-    if len(parts) > 1:
-        text = pc.utf8_trim_whitespace(text)
+    parts = [batch.column(name).cast(pa.large_string()) for name in columns.text]
+    if validate:
+        for part in parts:
+            part.validate(full=True)
+    if len(parts) == 1:
+        text = parts[0]
+    else:
+        # Joined from parts with no nulls: with null_handling="skip", Arrow drops the rows whose
+        # parts are all null from the result, shifting every row after them. The separators of
+        # missing or empty parts are trimmed; a row with no part is then empty, which
+        # zimdb.data.text.blank tells.
+        filled = [pc.fill_null(part, "") for part in parts]
+        joined = pc.binary_join_element_wise(*filled, pa.scalar(" ", pa.large_string()))
+        text = pc.utf8_trim_whitespace(joined)
     if columns.label is None:
         return pa.record_batch([text], names=["text"])
     return pa.record_batch([text, batch.column(columns.label)], names=["text", "label"])
