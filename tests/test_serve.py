@@ -3,11 +3,13 @@ verdict, requests batched on one model thread, a bounded load on a real server, 
 a real browser."""
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,9 +24,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import uvicorn
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import dvc, model_config, python_env, run
+from tests.conftest import ROOT, dvc, model_config, python_env, run
 from zimdb import errors
 from zimdb.data import text
 from zimdb.data.encoding import Encoding
@@ -32,7 +36,7 @@ from zimdb.model.file import ModelFile
 from zimdb.model.lstm import SentimentLSTM
 from zimdb.scoring.lstm import LSTMScorer
 from zimdb.serve import __main__ as serve
-from zimdb.serve.app import MAX_BODY, STATIC, create_app
+from zimdb.serve.app import MAX_BODY, STATIC, create_app, model_identity
 from zimdb.serve.worker import MAX_TEXTS, ModelWorker
 
 JSON = {"Content-Type": "application/json"}
@@ -326,41 +330,66 @@ class SlowModel:
         return texts.astype(float).to_numpy()
 
 
-def test_requests_that_queue_while_the_model_is_busy_are_scored_together():
+def test_requests_waiting_take_turns_and_a_small_one_is_scored_in_the_next_call():
+    """Each call takes up to `turn` reviews, shared out evenly among the requests waiting: the
+    one-review request that arrived behind eight is scored in the first call after."""
     model = SlowModel()
-    worker = ModelWorker(lambda: model, batch_size=2, gather=4, wait=0.0)
+    worker = ModelWorker(lambda: model, batch_size=2, turn=4, wait=0.0)
     try:
         first = worker.submit(["0"])
         assert model.busy.wait(10)
-        queued = [worker.submit([str(i)]) for i in range(1, 4)]
-        queued.append(worker.submit(["4", "5"]))  # would overflow a batch of 4: the next one
+        big = worker.submit([str(i) for i in range(1, 9)])
+        small = worker.submit(["9"])
         other = worker.call(lambda: "ran")
-        last = worker.submit(["6"])
+        pair = worker.submit(["10", "11"])
         model.release.set()
-        results = [f.result(10) for f in [first, *queued, last]]
+        results = [job.future.result(10) for job in (first, big, small, pair)]
         assert other.result(10) == "ran"
     finally:
         worker.stop()
-    assert model.calls == [["0"], ["1", "2", "3"], ["4", "5"], ["6"]]
-    assert [r.tolist() for r in results] == [[0], [1], [2], [3], [4, 5], [6]]
+    assert model.calls == [
+        ["0"],
+        ["1", "2", "9", "10"],  # 4 shared by 3: one each, the spare to the oldest
+        ["3", "4", "5", "11"],  # the small one done: 2 each, the spare to the oldest
+        ["6", "7", "8"],
+    ]
+    assert [r.tolist() for r in results] == [[0], list(range(1, 9)), [9], [10, 11]]
 
 
 def test_a_failing_request_fails_alone_when_scored_with_others():
     """A batch that fails is scored again request by request: only the culprit fails."""
     model = SlowModel()
-    worker = ModelWorker(lambda: model, batch_size=2, gather=8, wait=0.0)
+    worker = ModelWorker(lambda: model, batch_size=2, turn=8, wait=0.0)
     try:
         first = worker.submit(["0"])
         assert model.busy.wait(10)
-        before, poisoned, after = (worker.submit(t) for t in (["1"], ["poison"], ["2", "3"]))
+        jobs = [worker.submit(t) for t in (["1"], ["poison"], ["2", "3"])]
+        before, poisoned, after = (job.future for job in jobs)
         model.release.set()
-        assert first.result(10).tolist() == [0]
+        assert first.future.result(10).tolist() == [0]
         assert before.result(10).tolist() == [1] and after.result(10).tolist() == [2, 3]
         with pytest.raises(ValueError, match="poison"):
             poisoned.result(10)
     finally:
         worker.stop()
     assert model.calls == [["0"], ["1", "poison", "2", "3"], ["1"], ["poison"], ["2", "3"]]
+
+
+def test_a_request_that_fails_in_one_turn_has_its_other_reviews_dropped():
+    model = SlowModel()
+    worker = ModelWorker(lambda: model, batch_size=2, turn=2, wait=0.0)
+    try:
+        worker.submit(["0"])
+        assert model.busy.wait(10)
+        poisoned = worker.submit(["1", "poison", "2", "3"])
+        model.release.set()
+        with pytest.raises(ValueError, match="poison"):
+            poisoned.future.result(10)
+        assert worker.submit(["4"]).future.result(10).tolist() == [4]
+    finally:
+        worker.stop()
+    assert model.calls == [["0"], ["1", "poison"], ["4"]]
+    assert worker.waiting == 0
 
 
 def test_a_failure_on_the_model_thread_is_a_json_500_and_one_log_line(monkeypatch, caplog):
@@ -384,7 +413,7 @@ def test_a_failure_on_the_model_thread_is_a_json_500_and_one_log_line(monkeypatc
     )
 
 
-def test_a_model_that_does_not_answer_is_a_503_and_health_says_so(monkeypatch):
+def test_a_request_not_answered_within_max_wait_is_a_503_and_given_up(monkeypatch):
     trained = random_model()
     busy, release, scored, score = threading.Event(), threading.Event(), [], trained.probabilities
 
@@ -396,23 +425,20 @@ def test_a_model_that_does_not_answer_is_a_503_and_health_says_so(monkeypatch):
 
     monkeypatch.setattr(trained, "probabilities", probabilities)
     worker = ModelWorker(lambda: trained, batch_size=2)
-    with TestClient(create_app(worker, timeout=0.2, health_timeout=0.5)) as client:
+    with TestClient(create_app(worker, max_wait=0.2)) as client:
         first = worker.submit(["not bad"])
         assert busy.wait(10)
         response = client.post("/predict", json={"texts": ["awful"]})
         assert response.status_code == 503
         assert response.json() == {"detail": "the model did not answer within 0.2 s; try later"}
-        response = client.get("/health")
-        assert response.status_code == 503
-        assert response.json() == {"detail": "the model did not answer within 0.5 s; try later"}
+        assert worker.waiting == 0
         release.set()
-        first.result(10)
-        assert client.get("/health").json() == {"status": "ok"}
+        first.future.result(10)
         assert post(client, "/predict", {"texts": ["the end"]})["predictions"][0]["label"]
     assert scored == [["not bad"], ["the end"]]  # the request given up on was dropped unscored
 
 
-def test_health_and_every_request_are_a_503_once_the_model_thread_has_stopped():
+def test_liveness_readiness_and_every_request_are_a_503_once_the_model_thread_has_stopped():
     worker = ModelWorker(random_model, batch_size=2)
     stopped = {"detail": "the model thread has stopped; restart the service"}
     with TestClient(create_app(worker)) as client:
@@ -421,6 +447,7 @@ def test_health_and_every_request_are_a_503_once_the_model_thread_has_stopped():
         # One at a time: a request to a stopped thread once waited for ever.
         for ask in (
             lambda: client.get("/health"),
+            lambda: client.get("/ready"),
             lambda: client.post("/predict", json={"texts": ["fine"]}),
             lambda: client.post("/explain", json={"text": "fine"}),
         ):
@@ -434,7 +461,7 @@ def test_a_lone_request_is_not_kept_waiting_for_company():
     worker = ModelWorker(lambda: model, batch_size=2, wait=60.0)
     try:
         for i in range(3):  # would time out, had it waited the minute for others
-            assert worker.submit([str(i)]).result(10).tolist() == [i]
+            assert worker.submit([str(i)]).future.result(10).tolist() == [i]
     finally:
         worker.stop()
 
@@ -449,11 +476,253 @@ def test_the_model_is_loaded_and_run_on_one_thread_of_its_own():
     worker = ModelWorker(load, batch_size=2)
     worker.trained.release.set()
     try:
-        worker.submit(["1"]).result(10)
+        worker.submit(["1"]).future.result(10)
         threads.add(worker.call(threading.current_thread).result(10))
     finally:
         worker.stop()
     assert threads == {worker.thread} and not worker.thread.is_alive()
+
+
+class HeldModel(SlowModel):
+    """SlowModel as the app needs it: it describes itself."""
+
+    running_note = None
+
+    def describe(self) -> str:
+        return "a held model"
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    """The value of one sample of the app's /metrics."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+def test_work_over_the_bound_is_refused_at_once_and_every_request_taken_is_answered():
+    model = HeldModel()
+    worker = ModelWorker(lambda: model, batch_size=2, turn=4, wait=0.0, max_queue=4)
+    with TestClient(create_app(worker)) as client:
+        first = worker.submit(["0"])
+        assert model.busy.wait(10)
+        waiting = worker.submit(["1", "2", "3"])
+        assert client.get("/ready").json() == {"status": "ready"}
+        # 3 of the waiting reviews would be scored before its last, and its own 3: over 4.
+        response = client.post("/predict", json={"texts": ["4", "5", "6"]})
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert response.json() == {
+            "detail": "busy: this request's 3 review(s) and the 3 to be scored before its last "
+            "pass --max-queue 4; retry in 1 s"
+        }
+        # A one-review request waits for one review of each request: it is taken.
+        small = worker.submit(["7"])
+        response = client.get("/ready")
+        assert (response.status_code, response.json()) == (
+            503,
+            {"detail": "busy: 4 reviews wait, --max-queue 4"},
+        )
+        assert client.get("/health").json() == {"status": "ok"}
+        model.release.set()
+        results = [job.future.result(10).tolist() for job in (first, waiting, small)]
+        assert results == [[0], [1, 2, 3], [7]]
+        assert client.get("/ready").json() == {"status": "ready"}
+        assert metric(client, "zimdb_refused_total", reason="busy") == 1
+    assert model.calls == [["0"], ["1", "2", "3", "7"]]
+
+
+def test_a_request_over_the_bound_is_taken_when_nothing_waits():
+    model = HeldModel()
+    model.release.set()
+    worker = ModelWorker(lambda: model, batch_size=2, turn=2, wait=0.0, max_queue=2)
+    try:
+        assert worker.submit(["1", "2", "3"]).future.result(10).tolist() == [1, 2, 3]
+    finally:
+        worker.stop()
+
+
+def test_liveness_holds_while_the_model_is_busy_and_fails_once_it_is_stuck():
+    """/health reads the model thread's progress: it answers at once while the thread is busy,
+    and fails, as does readiness, once one piece of work has taken --stuck-after seconds."""
+    model = HeldModel()
+    busy = ModelWorker(lambda: model, batch_size=2)
+    with TestClient(create_app(busy)) as client:
+        job = busy.submit(["1"])
+        assert model.busy.wait(10)
+        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/ready").json() == {"status": "ready"}
+        model.release.set()
+        job.future.result(10)
+
+    model = HeldModel()
+    stuck = ModelWorker(lambda: model, batch_size=2)
+    with TestClient(create_app(stuck, stuck_after=1e-6)) as client:
+        job = stuck.submit(["1"])
+        assert model.busy.wait(10)
+        for response in (
+            client.get("/health"),
+            client.get("/ready"),
+            client.post("/predict", json={"texts": ["2"]}),
+        ):
+            assert response.status_code == 503
+            assert re.fullmatch(
+                r"the model thread is stuck: \d+ s on one piece of work, over --stuck-after "
+                r"1e-06; restart the service",
+                response.json()["detail"],
+            )
+        model.release.set()
+        job.future.result(10)
+        assert metric(client, "zimdb_refused_total", reason="stuck") == 1
+
+
+def test_metrics_count_requests_reviews_calls_and_name_the_model(tmp_path):
+    trained = random_model()
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"the model's bytes")
+    worker = ModelWorker(lambda: trained, batch_size=2)
+    with TestClient(create_app(worker, model=model_identity(path, trained))) as client:
+        post(client, "/predict", {"texts": ["not bad", "awful", "the end"]})
+        post(client, "/predict", {"texts": ["at all"]})
+        client.post("/predict", json={"texts": []})
+        client.get("/static/app.js")
+        client.get("/no/such/page")
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        assert families["zimdb_model_info"].samples[0].labels == {
+            "file": str(path),
+            "sha256": hashlib.sha256(b"the model's bytes").hexdigest(),
+            "model": "the LSTM, scoring in fp32",
+            "precision": "fp32",
+        }
+        count = lambda route, status, method="GET": metric(  # noqa: E731
+            client, "zimdb_http_requests_total", method=method, route=route, status=status
+        )
+        assert count("/predict", "200", "POST") == 2 and count("/predict", "422", "POST") == 1
+        assert count("/static", "200") == 1
+        assert count("unmatched", "404") == 1
+        assert metric(client, "zimdb_http_request_seconds_count", route="/predict") == 3
+        assert metric(client, "zimdb_reviews_scored_total") == 4
+        assert metric(client, "zimdb_model_call_reviews_count") == 2
+        assert metric(client, "zimdb_model_call_reviews_sum") == 4
+        assert metric(client, "zimdb_queue_wait_seconds_count") == 2
+        assert metric(client, "zimdb_queue_reviews") == 0
+        assert metric(client, "zimdb_queue_requests") == 0
+        assert metric(client, "process_resident_memory_bytes") > 0
+
+
+def test_readiness_fails_the_moment_the_server_is_told_to_stop():
+    worker = ModelWorker(random_model, batch_size=2)
+    app = create_app(worker)
+    server = serve.Server(uvicorn.Config(app), app)
+    with TestClient(app) as client:
+        assert client.get("/ready").json() == {"status": "ready"}
+        server.handle_exit(signal.SIGTERM, None)
+        response = client.get("/ready")
+        assert (response.status_code, response.json()) == (
+            503,
+            {"detail": "shutting down: answering the requests taken, no new ones"},
+        )
+        assert client.get("/health").json() == {"status": "ok"}  # alive: it is answering
+    assert server.should_exit
+
+
+HELD_SERVER = """
+import sys, time
+from pathlib import Path
+import pandas as pd
+from zimdb.errors import run
+from zimdb.scoring import files
+from zimdb.serve import __main__ as serve
+
+held = Path(sys.argv[1])
+
+
+class Held:  # scores a text as the number it spells / 100, each call once `held` is gone
+    running_note = None
+
+    def describe(self):
+        return "a held model"
+
+    def probabilities(self, texts, batch_size):
+        (held.parent / "busy").touch()
+        while held.exists():
+            time.sleep(0.01)
+        return texts.astype(float).to_numpy() / 100
+
+
+files.load = lambda path, device: Held()
+run(lambda: serve.main(sys.argv[2:]))
+"""
+
+
+def test_on_sigterm_every_request_taken_is_answered_and_the_server_exits_0(tmp_path):
+    """Six requests are in flight, one on the model and five waiting, when SIGTERM arrives: the
+    port closes at once, all six get their answers, and the server exits 0."""
+    held = tmp_path / "held"
+    held.touch()
+    port = free_port()
+    with open(tmp_path / "stderr.log", "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HELD_SERVER, str(held), "--model", str(held)]
+            + ["--port", str(port), "--grace", "30"],
+            env=python_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        wait_for(lambda: status(port, "/health") == 200, proc)
+
+        def ask(i: int) -> tuple[int, float]:
+            conn = HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("POST", "/predict", json.dumps({"texts": [str(i)]}), JSON)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())["predictions"][0]["probability"]
+
+        with ThreadPoolExecutor(6) as pool:
+            first = pool.submit(ask, 0)
+            wait_for((tmp_path / "busy").exists, proc)
+            rest = [pool.submit(ask, i) for i in range(1, 6)]
+            wait_for(lambda: queued(port) == 5, proc)
+            proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: status(port, "/health") == "ConnectionRefusedError", proc)
+            assert not any(f.done() for f in [first, *rest])
+            held.unlink()
+            answers = [f.result(60) for f in [first, *rest]]
+        assert answers == [(200, i / 100) for i in range(6)]
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in (tmp_path / "stderr.log").read_text()
+
+
+def status(port: int, route: str) -> int | str:
+    """The status of GET `route`, or the name of the error that kept it from an answer."""
+    try:
+        conn = HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", route)
+        return conn.getresponse().status
+    except OSError as e:
+        return type(e).__name__
+
+
+def queued(port: int) -> float:
+    conn = HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    for family in text_string_to_metric_families(conn.getresponse().read().decode()):
+        if family.name == "zimdb_queue_requests":
+            return family.samples[0].value
+    raise AssertionError("no zimdb_queue_requests in /metrics")
+
+
+def wait_for(condition, proc: subprocess.Popen) -> None:
+    """Returns once condition() holds; fails if the server ends or a minute passes first."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert proc.poll() is None, f"the server ended with {proc.returncode}"
+        assert time.monotonic() < deadline, "waited a minute"
+        time.sleep(0.05)
 
 
 def test_sixteen_concurrent_clients_get_what_offline_scoring_gives(built, server, trained):
@@ -483,7 +752,7 @@ def test_sixteen_concurrent_clients_get_what_offline_scoring_gives(built, server
 def test_poisoned_requests_fail_none_of_the_ordinary_ones_batched_with_them(
     built, server, server_log, trained
 ):
-    """Issue 19's measurement in small. Lone surrogates once failed every request scored in the
+    """The poisoned-request measurement in small. Lone surrogates once failed every request scored in the
     same batch (250 of 300 ordinary requests among 30 poisoned, at 16 clients): 12 of them
     among 84 ordinary ones, at 8 clients of a real server, all answered as offline scoring."""
     root, _ = built
@@ -515,8 +784,9 @@ def test_poisoned_requests_fail_none_of_the_ordinary_ones_batched_with_them(
 
 def test_health_page_and_openapi(client):
     assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ready"}
     spec = client.get("/openapi.json").json()
-    assert {"/predict", "/explain", "/health"} <= set(spec["paths"])
+    assert {"/predict", "/explain", "/health", "/ready"} <= set(spec["paths"])
     errors = spec["paths"]["/predict"]["post"]["responses"]
     assert errors["422"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Error"
@@ -594,6 +864,41 @@ def test_the_model_artifact_is_fetched_by_name_and_served(built, tmp_path):
     with TestClient(app(fetched)) as client:
         answer = post(client, "/predict", {"texts": ["great"]})["predictions"][0]
     assert answer["probability"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_serving_benchmark_reports_each_run_and_the_overload(built, tmp_path):
+    """benchmarks.serve end to end on the small model, its overload run cut to 2 s."""
+    root, _ = built
+    reviews = pd.read_parquet(root / "data/raw/test.parquet").text.tolist()
+    # Sure to hold a review of 250 words and some of 50 or fewer, whatever the sample.
+    long = " ".join(" ".join(reviews).split()[:300])
+    texts = reviews + [long, "a fine film", "dull and too long"]
+    pd.DataFrame({"text": texts}).to_parquet(tmp_path / "reviews.parquet")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.serve", "--model", str(root / "data/model.pt")]
+        + ["--reviews", str(tmp_path / "reviews.parquet"), "--n", "64", "--requests", "5"]
+        + ["--overload", "2"],
+        cwd=ROOT,
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for start in (
+        "latency /predict",
+        "served, 16 clients x  1 review  per request:",
+        "the model alone, in calls of 16 reviews in turn",
+        "overload, 2 s: 32 clients x 256 reviews",
+        "  heavy: ",
+        "  light: ",
+        "  /health: ",
+        "  /ready: ",
+        "  server RSS during the run: ",
+        "server stopped by SIGTERM: exit status 0 ",
+    ):
+        assert any(line.startswith(start) for line in lines), (start, proc.stdout)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
