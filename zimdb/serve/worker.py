@@ -17,19 +17,21 @@ from zimdb.scoring.scorer import Scorer
 MAX_TEXTS = 256  # per request
 # Most reviews in one call to the model, taken in turns from the requests waiting: a request
 # that arrives while the model is busy waits for one such call at most, however much is queued.
-# Smaller calls pad more (random test reviews on the project's 2-core CPU, against offline
-# scoring: calls of 64 reach 0.73 in bf16 and 0.83 in fp32, of 128 0.79 and 0.92, of 256 0.88
-# and 0.96); 128 on a CPU is at most about 0.2 s of work. A GPU scores 256 in one pass.
+# Larger calls pad less and run faster; smaller ones keep a small request's wait short. On a
+# 2-core AMD EPYC (Zen 5), 128 long reviews are about 0.06 s of work in bf16 and 0.2 s in fp32:
+# under benchmarks/serve.py's overload a one-review request's p99 stayed under 0.3 and 0.7 s
+# (docs/serving.md). A GPU scores 256 in one pass.
 TURN = {"cpu": 128, "cuda": 256}
 # Seconds the thread waits, after a call of several requests, for as many to be back.
 GATHER_WAIT = 0.01
 # Reviews per forward pass: a call sorts what it gathered by length and runs batches of this
-# size. On the project's 2-core CPU, 16 ran fastest (256 gathered reviews: 1171 reviews/s at
+# size. On a 2-core AMD EPYC (Zen 5), 16 ran fastest (256 gathered reviews: 1171 reviews/s at
 # 16, 778 at 256, which pads more); a GPU wants large batches.
 BATCH_SIZE = {"cpu": 16, "cuda": 256}
 # The most reviews a request may have waiting to be scored before its last one (see
-# ModelWorker.submit). On the project's 2-core CPU, 1024 are 1 to 1.6 s of work (bf16, fp32): an
-# answered request's p99 stays within a few seconds under any load. A GPU scores far faster.
+# ModelWorker.submit). On a 2-core AMD EPYC (Zen 5), 1024 long reviews are about 0.5 s of work in
+# bf16 and 1.5 s in fp32: under benchmarks/serve.py's overload an answered request's p99 stayed
+# under 2 and 4 s (docs/serving.md). A GPU scores far faster.
 MAX_QUEUE = {"cpu": 1024, "cuda": 16384}
 
 
