@@ -466,6 +466,42 @@ def test_a_lone_request_is_not_kept_waiting_for_company():
         worker.stop()
 
 
+def test_an_empty_request_is_answered_at_once_and_holds_up_nothing():
+    model = SlowModel()
+    model.release.set()
+    worker = ModelWorker(lambda: model, batch_size=2, wait=0.0)
+    try:
+        assert worker.submit([]).future.result(10).tolist() == []
+        assert worker.submit(["1"]).future.result(10).tolist() == [1]
+        assert model.calls == [["1"]]
+    finally:
+        worker.stop()
+
+
+def test_a_job_answered_already_is_not_withdrawn():
+    model = SlowModel()
+    model.release.set()
+    worker = ModelWorker(lambda: model, batch_size=2, wait=0.0)
+    try:
+        job = worker.submit(["1"])
+        assert job.future.result(10).tolist() == [1]
+        assert not worker.withdraw(job)
+        assert job.future.result().tolist() == [1]
+    finally:
+        worker.stop()
+
+
+def test_stopping_gives_up_on_a_stuck_model_thread_after_its_timeout():
+    model = SlowModel()
+    worker = ModelWorker(lambda: model, batch_size=2)
+    worker.submit(["1"])
+    assert model.busy.wait(10)
+    assert worker.stop(timeout=0.1) is False
+    model.release.set()
+    worker.thread.join(10)
+    assert not worker.thread.is_alive()
+
+
 def test_the_model_is_loaded_and_run_on_one_thread_of_its_own():
     threads = set()
 
@@ -588,6 +624,7 @@ def test_metrics_count_requests_reviews_calls_and_name_the_model(tmp_path):
         client.post("/predict", json={"texts": []})
         client.get("/static/app.js")
         client.get("/no/such/page")
+        client.request("BREW", "/")
         families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
         assert families["zimdb_model_info"].samples[0].labels == {
             "file": str(path),
@@ -601,6 +638,7 @@ def test_metrics_count_requests_reviews_calls_and_name_the_model(tmp_path):
         assert count("/predict", "200", "POST") == 2 and count("/predict", "422", "POST") == 1
         assert count("/static", "200") == 1
         assert count("unmatched", "404") == 1
+        assert count("/", "405", "other") == 1  # a made-up method adds no label of its own
         assert metric(client, "zimdb_http_request_seconds_count", route="/predict") == 3
         assert metric(client, "zimdb_reviews_scored_total") == 4
         assert metric(client, "zimdb_model_call_reviews_count") == 2
@@ -665,7 +703,7 @@ def test_on_sigterm_every_request_taken_is_answered_and_the_server_exits_0(tmp_p
     with open(tmp_path / "stderr.log", "w") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-c", HELD_SERVER, str(held), "--model", str(held)]
-            + ["--port", str(port), "--grace", "30"],
+            + ["--port", str(port), "--max-wait", "60", "--grace", "90"],
             env=python_env(),
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -813,6 +851,13 @@ def run_serve(*args: str) -> tuple[int, str]:
         except SystemExit as e:
             code = e.code
     return code, err.getvalue()
+
+
+def test_a_grace_within_the_longest_wait_is_refused():
+    """Past --grace uvicorn cuts requests off: a request taken could go unanswered."""
+    code, err = run_serve("--max-wait", "30", "--grace", "20")
+    assert code == 2
+    assert err.splitlines()[-1].endswith("error: --grace (20) must be above --max-wait (30)")
 
 
 def test_a_missing_or_damaged_model_is_one_line_and_exit_2(built, tmp_path):

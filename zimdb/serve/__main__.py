@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     for option in ("max_queue", "max_wait", "stuck_after", "grace"):
         if (value := getattr(args, option)) is not None and value <= 0:
             parser.error(f"--{option.replace('_', '-')} must be above 0, got {value:g}")
+    if args.grace <= args.max_wait:  # else a request taken could be cut off unanswered
+        parser.error(f"--grace ({args.grace:g}) must be above --max-wait ({args.max_wait:g})")
     device = resolve(args.device, "--device")
     batch_size = args.batch_size or BATCH_SIZE[device.type]
     max_queue = args.max_queue or MAX_QUEUE[device.type]

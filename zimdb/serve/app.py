@@ -48,6 +48,8 @@ MAX_WAIT = 10
 # CPU: a fraction of a second) before liveness fails: it is stuck.
 STUCK_AFTER = 30
 STATIC = Path(__file__).parent / "static"
+# Methods the metrics name; any other is "other", so that a client cannot add labels without end.
+METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
 log = logging.getLogger("uvicorn.error")  # uvicorn's own log: its format, on its stream
 
 
@@ -66,7 +68,7 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = Headers(scope=scope).get("content-length", "")
-        if length.isdigit() and int(length) > self.limit:
+        if length.isascii() and length.isdigit() and int(length) > self.limit:
             return await JSONResponse({"detail": self.detail}, 413)(scope, receive, send)
         received = 0
 
@@ -263,7 +265,8 @@ class Measured:
         try:
             await self.app(scope, receive, sent)
         finally:
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
 
 
@@ -302,7 +305,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        worker.stop()
+        # The requests are all answered or cancelled by now: what the thread still runs is one
+        # call, which takes under --stuck-after unless the thread is stuck.
+        if not worker.stop(timeout=stuck_after):
+            log.error(
+                "the model thread did not end within --stuck-after %g s; exiting without it",
+                stuck_after,
+            )
 
     app = FastAPI(
         title="zIMDB sentiment",
@@ -352,15 +361,22 @@ def create_app(
             metrics.refused.labels("busy").inc()
             raise HTTPException(503, str(e), headers={"Retry-After": str(e.retry_after)}) from None
         future = job.future if isinstance(job, Job) else job
+
+        def give_up() -> bool:
+            """Whether the job was given up: False if the model thread has its answer already."""
+            return worker.withdraw(job) if isinstance(job, Job) else future.cancel()
+
         waiting = asyncio.wrap_future(future)
-        done, _ = await asyncio.wait([waiting], timeout=max_wait)
-        if not done:
-            if isinstance(job, Job):
-                worker.withdraw(job)
-            else:
-                future.cancel()
+        try:
+            done, _ = await asyncio.wait([waiting], timeout=max_wait)
+        except asyncio.CancelledError:  # the server cut the request off (past --grace)
+            give_up()
+            raise
+        if not done and give_up():
             metrics.refused.labels("timed_out").inc()
             raise HTTPException(503, f"the model did not answer within {max_wait:g} s; try later")
+        if not done:  # answered as it timed out: /explain's call may still be running
+            await asyncio.wait([waiting])
         try:
             return waiting.result()
         except Exception as e:

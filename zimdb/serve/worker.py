@@ -15,8 +15,9 @@ from prometheus_client import Counter, Histogram
 from zimdb.scoring.scorer import Scorer
 
 MAX_TEXTS = 256  # per request
-# Most reviews in one call to the model, taken in turns from the requests waiting: a request
-# that arrives while the model is busy waits for one such call at most, however much is queued.
+# Most reviews in one call to the model, taken in turns from the requests waiting: while fewer
+# requests than this wait, one that arrives while the model is busy is in the next call, however
+# many reviews they hold.
 # Larger calls pad less and run faster; smaller ones keep a small request's wait short. On a
 # 2-core AMD EPYC (Zen 5), 128 long reviews are about 0.06 s of work in bf16 and 0.2 s in fp32:
 # under benchmarks/serve.py's overload a one-review request's p99 stayed under 0.3 and 0.7 s
@@ -60,8 +61,8 @@ class ModelWorker:
 
     The requests waiting take turns: each call to the model takes up to `turn` reviews from
     them, as many from each as it can share out evenly, oldest first; a request is answered once
-    all its reviews are scored. A small request that arrives behind large ones is thus scored in
-    the next call. After a call of n requests the thread waits, up to `wait` seconds from its
+    all its reviews are scored. A small request that arrives behind fewer than `turn` others is
+    thus scored in the next call, however large they are. After a call of n requests the thread waits, up to `wait` seconds from its
     end, for n requests (or `turn` reviews) to be queued: concurrent clients fill calls, and a
     lone client is not kept waiting for nobody. Other work on the model (`call`) runs between
     calls. A call that fails is made again request by request, so that a failure fails
@@ -118,15 +119,21 @@ class ModelWorker:
             self.stop()
             raise
 
-    def stop(self) -> None:
-        """Finishes the work queued so far, then ends the thread."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Finishes the work queued so far, then ends the thread; False if it has not ended
+        within `timeout` seconds (a stuck thread: a daemon, it does not keep the process)."""
         with self.lock:
             self.stopping = True
             self.lock.notify()
-        self.thread.join()
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
 
     def submit(self, texts: list[str]) -> Job:
         """Queues the texts; job.future resolves to P(positive) of each, a numpy array."""
+        if not texts:  # a job with nothing to take would stay at the front of the turns
+            job = Job(texts, time.monotonic())
+            job.future.set_result(np.empty(0))
+            return job
         with self.lock:
             self._admit(len(texts))
             job = Job(texts, time.monotonic())
@@ -145,12 +152,16 @@ class ModelWorker:
             self.lock.notify()
         return future
 
-    def withdraw(self, job: Job) -> None:
-        """Gives up on `job`: its reviews not yet taken are never scored."""
+    def withdraw(self, job: Job) -> bool:
+        """Gives up on `job`: its reviews not yet taken are never scored. False if it was
+        answered already."""
         with self.lock:
-            if job.future.cancel() and job in self.jobs:
+            if not job.future.cancel():
+                return False
+            if job in self.jobs:
                 self.jobs.remove(job)
                 self.waiting -= len(job.texts) - job.taken
+            return True
 
     def stalled(self) -> float:
         """Seconds the thread has spent on its current piece of work; 0 while it idles."""
@@ -244,11 +255,20 @@ class ModelWorker:
             return pieces
 
     def _probabilities(self, texts: list[str]) -> np.ndarray:
-        return self.trained.probabilities(pd.Series(texts, dtype=object), self.batch_size)
+        """P(positive) of `texts` in one call to the model, counted in the metrics."""
+        began = time.monotonic()
+        probabilities = self.trained.probabilities(pd.Series(texts, dtype=object), self.batch_size)
+        seconds = time.monotonic() - began
+        self.reviews.observe(len(texts))
+        self.seconds.observe(seconds)
+        self.scored.inc(len(texts))
+        # Smoothed over a few calls: the estimate behind a refusal's Retry-After.
+        rate = len(texts) / max(seconds, 1e-6)
+        self.rate = rate if self.rate is None else 0.8 * self.rate + 0.2 * rate
+        return probabilities
 
     def _score(self, pieces: list[tuple[Job, int, int]]) -> None:
         texts = [text for job, start, stop in pieces for text in job.texts[start:stop]]
-        began = time.monotonic()
         try:
             probabilities = self._probabilities(texts)
         except Exception as e:
@@ -261,13 +281,6 @@ class ModelWorker:
                     except Exception as e:
                         self._fail(job, e)
             return
-        seconds = time.monotonic() - began
-        self.reviews.observe(len(texts))
-        self.seconds.observe(seconds)
-        self.scored.inc(len(texts))
-        # Smoothed over a few calls: the estimate behind a refusal's Retry-After.
-        rate = len(texts) / max(seconds, 1e-6)
-        self.rate = rate if self.rate is None else 0.8 * self.rate + 0.2 * rate
         offset = 0
         for job, start, stop in pieces:
             self._deliver(job, stop, probabilities[offset : offset + stop - start])
