@@ -330,6 +330,18 @@ class SlowModel:
         return texts.astype(float).to_numpy()
 
 
+@contextlib.contextmanager
+def released(**options):
+    """A ModelWorker on a SlowModel that holds no call: (model, worker), stopped after."""
+    model = SlowModel()
+    model.release.set()
+    worker = ModelWorker(lambda: model, batch_size=2, **options)
+    try:
+        yield model, worker
+    finally:
+        worker.stop()
+
+
 def test_requests_waiting_take_turns_and_a_small_one_is_scored_in_the_next_call():
     """Each call takes up to `turn` reviews, shared out evenly among the requests waiting: the
     one-review request that arrived behind eight is scored in the first call after."""
@@ -456,39 +468,24 @@ def test_liveness_readiness_and_every_request_are_a_503_once_the_model_thread_ha
 
 
 def test_a_lone_request_is_not_kept_waiting_for_company():
-    model = SlowModel()
-    model.release.set()
-    worker = ModelWorker(lambda: model, batch_size=2, wait=60.0)
-    try:
+    with released(wait=60.0) as (_, worker):
         for i in range(3):  # would time out, had it waited the minute for others
             assert worker.submit([str(i)]).future.result(10).tolist() == [i]
-    finally:
-        worker.stop()
 
 
 def test_an_empty_request_is_answered_at_once_and_holds_up_nothing():
-    model = SlowModel()
-    model.release.set()
-    worker = ModelWorker(lambda: model, batch_size=2, wait=0.0)
-    try:
+    with released(wait=0.0) as (model, worker):
         assert worker.submit([]).future.result(10).tolist() == []
         assert worker.submit(["1"]).future.result(10).tolist() == [1]
         assert model.calls == [["1"]]
-    finally:
-        worker.stop()
 
 
 def test_a_job_answered_already_is_not_withdrawn():
-    model = SlowModel()
-    model.release.set()
-    worker = ModelWorker(lambda: model, batch_size=2, wait=0.0)
-    try:
+    with released(wait=0.0) as (_, worker):
         job = worker.submit(["1"])
         assert job.future.result(10).tolist() == [1]
         assert not worker.withdraw(job)
         assert job.future.result().tolist() == [1]
-    finally:
-        worker.stop()
 
 
 def test_stopping_gives_up_on_a_stuck_model_thread_after_its_timeout():
@@ -570,13 +567,8 @@ def test_work_over_the_bound_is_refused_at_once_and_every_request_taken_is_answe
 
 
 def test_a_request_over_the_bound_is_taken_when_nothing_waits():
-    model = HeldModel()
-    model.release.set()
-    worker = ModelWorker(lambda: model, batch_size=2, turn=2, wait=0.0, max_queue=2)
-    try:
+    with released(turn=2, wait=0.0, max_queue=2) as (_, worker):
         assert worker.submit(["1", "2", "3"]).future.result(10).tolist() == [1, 2, 3]
-    finally:
-        worker.stop()
 
 
 def test_liveness_holds_while_the_model_is_busy_and_fails_once_it_is_stuck():
