@@ -366,15 +366,24 @@ def test_predict_refuses_unreadable_files_in_one_line(built, name):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_predict_refuses_a_txt_it_cannot_read_in_one_line(built, tmp_path):
+    root, _ = built
+    (tmp_path / "folder.txt").mkdir()
+    result = predict(root, "--file", str(tmp_path / "folder.txt"), check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"error: --file {tmp_path}/folder.txt cannot be read (is a directory)\n"
+
+
 @pytest.mark.parametrize("kind", [".tsv.gz", "parts"])
-def test_predict_reads_the_tables_download_reads_with_the_same_columns(built, kind):
+def test_predict_reads_the_tables_download_reads_with_the_same_columns(built, tmp_path, kind):
     """Amazon's reviews as distributed (no header row; label, title, text), compressed, or as a
     folder of Parquet parts: the title and text scored as one review."""
     root, _ = built
     amazon = REVIEWS[["label", "title", "text"]]
-    write(amazon, root / f"reviews{kind}", header=False)
+    write(amazon, tmp_path / f"reviews{kind}", header=False)
     named = ["--column-names", "label", "title", "text"] if kind != "parts" else []
-    done = predict(root, "--file", f"reviews{kind}", "--text-columns", "title", "text", *named)
+    file = str(tmp_path / f"reviews{kind}")
+    done = predict(root, "--file", file, "--text-columns", "title", "text", *named)
     out = pd.read_csv(io.StringIO(done.stdout))
     assert out.text.tolist() == [f"{t} {x}" for t, x in zip(amazon.title, amazon.text, strict=True)]
 

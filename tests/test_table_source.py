@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages import download
-from tests.conftest import ROOT, dvc, make_project, python_env, run, write_params
+from tests.conftest import ROOT, RUN_TIMEOUT, dvc, make_project, python_env, run, write_params
 from zimdb.data import table
 from zimdb.errors import run as run_stage
 from zimdb.paths import RAW
@@ -422,6 +422,7 @@ def test_quoted_content_is_cut_to_about_80_characters(workdir, capsys):
     broken(workdir, "train.csv", f"label,text\n1,{row},extra\n".encode())
     err = fails(capsys)
     assert len(err) < len(str(workdir)) + 200, err
+    assert "xxxxxxxxxx…" in err, err  # the row is quoted, and the cut marked
 
 
 def test_a_file_that_cannot_be_read_is_one_line(workdir, capsys, monkeypatch):
@@ -436,6 +437,25 @@ def test_a_file_that_cannot_be_read_is_one_line(workdir, capsys, monkeypatch):
         monkeypatch.setattr(table, "open", refused, raising=False)
     use(workdir, secret, secret)
     assert fails(capsys) == f"download.train: {secret} cannot be read (permission denied)"
+
+
+def test_a_part_without_a_wanted_column_is_one_line(workdir, capsys):
+    """The folder's schema comes from its first part: a later one may lack a column."""
+    folder = workdir / "train"
+    folder.mkdir()
+    REVIEWS.to_parquet(folder / "part-0.parquet")
+    REVIEWS[["title", "label"]].to_parquet(folder / "part-1.parquet")
+    broken(workdir, "train", None)
+    assert fails(capsys) == (
+        f"{folder}: the part {folder / 'part-1.parquet'} has no column 'text', which other parts "
+        "have (found 'title', 'label')"
+    )
+
+
+def test_labels_that_are_bytes_but_not_utf8_are_one_line(workdir, capsys):
+    path = broken(workdir, "train.parquet", REVIEWS.assign(label=[b"\xff"] * len(REVIEWS)))
+    err = fails(capsys)
+    assert path in err and err.endswith("its labels are not UTF-8 text"), err
 
 
 def test_a_folder_with_no_parquet_parts_is_one_line(workdir, capsys):
@@ -521,6 +541,7 @@ def test_the_readme_commands_run_as_written(clean_project, heading, data, kept):
         env=python_env(),
         capture_output=True,
         text=True,
+        timeout=RUN_TIMEOUT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(pd.read_parquet(root / "data/raw/train.parquet")) == 5 * kept

@@ -50,10 +50,13 @@ def read_texts(path: Path, columns: table.Columns) -> pd.Series:
         except PipelineError as e:
             raise PipelineError(f"--file {e}") from None
         texts = pa.chunked_array(texts, pa.large_string()).to_pandas()
-    elif not path.is_file():
+    elif not path.exists():
         raise PipelineError(f"--file {path} does not exist")
     else:
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise PipelineError(f"--file {path} cannot be read ({e.strerror.lower()})") from None
         if b"\0" in data:
             raise PipelineError(f"--file {path}: not text (it holds NUL bytes, so it is binary)")
         try:

@@ -35,7 +35,10 @@ class Labels:
         neither class nor skipped is a PipelineError that names its row, counted from
         `first_row`."""
         names = [*self.negative, *self.positive, *self.skipped]
-        said = pc.utf8_lower(pc.utf8_trim_whitespace(labels.cast(pa.string())))
+        try:
+            said = pc.utf8_lower(pc.utf8_trim_whitespace(labels.cast(pa.string())))
+        except pa.ArrowInvalid:  # bytes that are not UTF-8
+            raise PipelineError(f"{where}: its labels are not UTF-8 text") from None
         found = pc.fill_null(pc.index_in(said, value_set=pa.array(names)), -1).to_numpy()
         unknown = (found < 0) & wanted.to_numpy(zero_copy_only=False)
         if unknown.any():
@@ -112,12 +115,13 @@ def reviews(split: Split, counted: Counted) -> Iterator[pa.Table]:
     for batch in split.batches():
         has_text = pc.invert(text.blank(batch.column("text")))
         ids, skipped = split.labels.ids(batch.column("label"), has_text, split.where, row)
-        keep = has_text.to_numpy(zero_copy_only=False) & ~skipped
+        has = has_text.to_numpy(zero_copy_only=False)
+        keep = has & ~skipped
         no_text = len(batch) - int(pc.sum(has_text).as_py() or 0)
         if no_text and counted.first_no_text < 0:
             counted.first_no_text = row + pc.index(has_text, False).as_py()
         counted.no_text += no_text
-        counted.skipped += int((skipped & has_text.to_numpy(zero_copy_only=False)).sum())
+        counted.skipped += int((skipped & has).sum())
         rows = pa.Table.from_batches([batch])
         rows = rows.set_column(rows.schema.get_field_index("label"), "label", pa.array(ids))
         rows = rows.set_column(0, "text", rows.column("text").cast(pa.large_string()))

@@ -23,7 +23,7 @@ import pyarrow.dataset as ds
 import pyarrow.json as json
 
 from zimdb.data.artifacts import parquet_file
-from zimdb.errors import PipelineError
+from zimdb.errors import PipelineError, one_line
 
 # Bytes of CSV or JSON Lines parsed at a time: Arrow reads a few blocks ahead, so memory stays
 # tens of MB whatever the file's size. A row longer than a block fails Arrow's reader
@@ -63,8 +63,8 @@ class Columns:
 
 
 def quoted(text: str, limit: int = QUOTE) -> str:
-    """`text` from a file, on one line and cut to `limit` characters."""
-    text = " ".join(str(text).split())
+    """`text` from a file, on one line and cut to `limit` characters, the cut marked."""
+    text = one_line(str(text), limit + 1)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -251,6 +251,11 @@ def _parquet(path: Path, columns: Columns) -> Iterator[pa.RecordBatch]:
         keys = ds.get_partition_keys(part.partition_expression)
         file = parquet_file(Path(part.path))
         inside = [c for c in columns.wanted if c not in keys]
+        if lacking := [c for c in inside if c not in file.schema_arrow.names]:
+            raise PipelineError(
+                f"{path}: the part {part.path} has no column {lacking[0]!r}, which other parts "
+                f"have (found {quoted(', '.join(map(repr, file.schema_arrow.names)))})"
+            )
         for batch in file.iter_batches(batch_size=ROWS, columns=inside, use_threads=False):
             for name in columns.wanted:
                 if name in keys:
