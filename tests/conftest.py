@@ -255,8 +255,13 @@ def interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+RUN_TIMEOUT = 900  # seconds: a hung command fails its test rather than holding CI
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=python_env(), capture_output=True, text=True)
+    result = subprocess.run(
+        cmd, cwd=cwd, env=python_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
     return result

@@ -199,7 +199,7 @@ def two_hosts():
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def test_rank_0_on_another_host_than_the_rendezvous(tmp_path, uninterrupted, two_hosts):
+def test_rank_0_on_another_host_than_the_rendezvous(tmp_path, two_hosts, uninterrupted):
     """The rendezvous on the first host; the second, whose address sorts first, gets rank 0
     (torchrun ranks nodes by their address): the group's store is served from there. Each host
     names its address (--local-addr) and the interface gloo is to use (GLOO_SOCKET_IFNAME), and

@@ -100,7 +100,11 @@ def server(built, server_log):
         yield "127.0.0.1", port
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
 
 
 def post(client: TestClient, path: str, body) -> dict:
