@@ -36,6 +36,18 @@ def test_committed_params_are_valid():
         ("train.epochs", True, r"train.epochs must be an integer >= 1, got True"),
         ("download.source", "kaggle", r"download.source must be one of 'modelscope', 'aclimdb'"),
         ("train.device", "tpu", r"train.device must be one of 'auto', 'cpu', 'cuda', got 'tpu'"),
+        (
+            "download.labels",
+            [[1, 2], [2, 3]],
+            r"download.labels must be two classes, .*, got \[\[1, 2\], \[2, 3\]\] "
+            r"\(the same label in both classes\)$",
+        ),
+        ("download.labels", [[], [1]], r"got \[\[\], \[1\]\] \(a class with no label\)$"),
+        (
+            "download.text_columns",
+            ["title", "title"],
+            r"download.text_columns must be .*, got \['title', 'title'\] \(a column named twice\)$",
+        ),
     ],
 )
 def test_bad_values_are_named(key, value, message):

@@ -198,7 +198,10 @@ def validate(params: typing.Any, source: Path = PARAMS_FILE) -> Params:
         if error["type"] == "missing":
             raise PipelineError(f"{source}: missing key {key} ({describe(field)})") from None
         given = params[loc[0]][loc[1]]  # the key's whole value, where a list's item failed
-        raise PipelineError(f"{source}: {key} must be {describe(field)}, got {given!r}") from None
+        why = f" ({error['ctx']['error']})" if error["type"] == "value_error" else ""
+        raise PipelineError(
+            f"{source}: {key} must be {describe(field)}, got {given!r}{why}"
+        ) from None
 
 
 def load(section: str, path: Path = PARAMS_FILE) -> Section:
